@@ -1,1 +1,73 @@
-fn main() {}
+//! `weles`: the WELES command line for tenants and operators.
+
+mod ima_cmd;
+mod policy_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// WELES: policy-driven runtime integrity for cloud VMs.
+///
+/// Verify a VM's IMA measurement list against a tenant policy, and write, convert, generate and
+/// sign those policies. Exit codes: 0 success / compliant, 1 failure / not compliant, 2 invalid
+/// input or usage.
+#[derive(Parser)]
+#[command(
+    name = "weles",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect and verify IMA measurement lists.
+    #[command(subcommand)]
+    Ima(ima_cmd::ImaCommand),
+    /// Check, convert, generate, sign and verify tenant policies.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
+}
+
+/// How a command ended: its exit code, and an error to print (exit 2) if any.
+pub enum Outcome {
+    Success,
+    /// A negative verdict (not compliant, signature invalid): exit 1, output already printed.
+    Negative,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ima(c) => ima_cmd::run(c),
+        Command::Policy(c) => policy_cmd::run(c),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Negative) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("weles: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Reads a file, naming it in the error.
+pub fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,178 @@
+//! Allowed digests per path: the hot lookup of every verification.
+//!
+//! Policies list up to millions of paths, each with a few digests. To keep loading fast and memory
+//! near the size of the data, digest bytes live in one arena and each path maps to a small inline
+//! list of (algorithm, length, offset) records; a path with one digest costs no allocation beyond
+//! its key. Paths are bytes, because IMA paths need not be UTF-8.
+
+use std::collections::HashMap;
+
+use weles_ima::{Digest, HashAlgorithm};
+
+/// One allowed digest. `alg == None`: a bare hex digest (Keylime style) that matches any
+/// algorithm with the same bytes.
+#[derive(Clone, Copy, Debug)]
+struct Allowed {
+    alg: Option<HashAlgorithm>,
+    len: u8,
+    start: u32,
+}
+
+#[derive(Clone, Debug)]
+enum Slot {
+    One(Allowed),
+    Many(Vec<Allowed>),
+}
+
+/// A map from path (or buffer name) to its allowed digests.
+#[derive(Clone, Debug, Default)]
+pub struct Allowlist {
+    index: HashMap<Box<[u8]>, Slot>,
+    arena: Vec<u8>,
+}
+
+/// The result of looking an entry's digest up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Allowed,
+    /// The name is listed, but not with this digest.
+    OtherDigests,
+    NotListed,
+}
+
+impl Allowlist {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_capacity(paths: usize) -> Self {
+        Allowlist {
+            index: HashMap::with_capacity(paths),
+            arena: Vec::with_capacity(paths * 32),
+        }
+    }
+
+    /// Number of listed names.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Allows `bytes` (of `alg`, or of any algorithm when `None`) for `name`. Duplicates are kept
+    /// once.
+    pub fn insert(&mut self, name: &[u8], alg: Option<HashAlgorithm>, bytes: &[u8]) {
+        if self.lookup(name, alg, bytes) == Lookup::Allowed && alg.is_some() {
+            return;
+        }
+        let Ok(start) = u32::try_from(self.arena.len()) else {
+            // More than 4 GiB of digests: refuse silently growing past the arena's index space.
+            return;
+        };
+        let len = bytes.len().min(usize::from(u8::MAX)) as u8;
+        self.arena.extend_from_slice(&bytes[..usize::from(len)]);
+        let rec = Allowed { alg, len, start };
+        match self.index.get_mut(name) {
+            None => {
+                self.index.insert(name.into(), Slot::One(rec));
+            }
+            Some(slot) => match slot {
+                Slot::One(first) => *slot = Slot::Many(vec![*first, rec]),
+                Slot::Many(v) => v.push(rec),
+            },
+        }
+    }
+
+    pub fn insert_digest(&mut self, name: &[u8], d: &Digest) {
+        self.insert(name, Some(d.algorithm()), d.as_bytes());
+    }
+
+    /// Whether `name` may have this digest.
+    pub fn lookup(&self, name: &[u8], alg: Option<HashAlgorithm>, bytes: &[u8]) -> Lookup {
+        let Some(slot) = self.index.get(name) else {
+            return Lookup::NotListed;
+        };
+        let matches = |a: &Allowed| {
+            usize::from(a.len) == bytes.len()
+                && (a.alg.is_none() || alg.is_none() || a.alg == alg)
+                && &self.arena[a.start as usize..a.start as usize + usize::from(a.len)] == bytes
+        };
+        let ok = match slot {
+            Slot::One(a) => matches(a),
+            Slot::Many(v) => v.iter().any(matches),
+        };
+        if ok {
+            Lookup::Allowed
+        } else {
+            Lookup::OtherDigests
+        }
+    }
+
+    pub fn contains_name(&self, name: &[u8]) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// Allowed digests of `name` as text (`alg:hex`, or bare hex), for messages and export.
+    pub fn digests_of(&self, name: &[u8]) -> Vec<String> {
+        let records: Vec<Allowed> = match self.index.get(name) {
+            None => return Vec::new(),
+            Some(Slot::One(a)) => vec![*a],
+            Some(Slot::Many(v)) => v.clone(),
+        };
+        records
+            .iter()
+            .map(|a| {
+                let hex = hex::encode(
+                    &self.arena[a.start as usize..a.start as usize + usize::from(a.len)],
+                );
+                match a.alg {
+                    Some(alg) => format!("{alg}:{hex}"),
+                    None => hex,
+                }
+            })
+            .collect()
+    }
+
+    /// All names, sorted (for deterministic export).
+    pub fn names_sorted(&self) -> Vec<&[u8]> {
+        let mut v: Vec<&[u8]> = self.index.keys().map(|k| &**k).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_digests_per_path_and_bare_digests() {
+        let mut a = Allowlist::new();
+        a.insert(b"/bin/sh", Some(HashAlgorithm::Sha256), &[1; 32]);
+        a.insert(b"/bin/sh", Some(HashAlgorithm::Sha256), &[2; 32]);
+        a.insert(b"/bin/sh", Some(HashAlgorithm::Sha256), &[2; 32]);
+        a.insert(b"/bin/ls", None, &[3; 32]);
+        assert_eq!(a.len(), 2);
+        assert_eq!(
+            a.lookup(b"/bin/sh", Some(HashAlgorithm::Sha256), &[2; 32]),
+            Lookup::Allowed
+        );
+        assert_eq!(
+            a.lookup(b"/bin/sh", Some(HashAlgorithm::Sha256), &[9; 32]),
+            Lookup::OtherDigests
+        );
+        // Same bytes, other algorithm: not the same digest.
+        assert_eq!(
+            a.lookup(b"/bin/sh", Some(HashAlgorithm::Sm3_256), &[1; 32]),
+            Lookup::OtherDigests
+        );
+        assert_eq!(
+            a.lookup(b"/bin/ls", Some(HashAlgorithm::Sm3_256), &[3; 32]),
+            Lookup::Allowed
+        );
+        assert_eq!(a.lookup(b"/bin/x", None, &[3; 32]), Lookup::NotListed);
+        assert_eq!(a.digests_of(b"/bin/sh").len(), 2);
+    }
+}
