@@ -383,10 +383,18 @@ impl Verifier {
     }
 
     fn verify_entry(&mut self, entry: &Entry<'_>, appraiser: &dyn Appraise) {
-        let hash_ok = entry.template_hash_ok();
+        // SHA-1 of the template data serves both the template-hash check and the sha1 bank.
+        let violation = entry.is_violation();
+        let sha1 = (!violation).then(|| entry.computed_template_digest(Bank::Sha1));
+        let hash_ok = sha1
+            .as_ref()
+            .is_none_or(|d| d.as_bytes() == entry.template_hash);
         if entry.pcr == self.config.pcr_index {
             for (i, bank) in self.banks.iter().enumerate() {
-                let d = entry.template_digest(*bank);
+                let d = match (bank, &sha1) {
+                    (Bank::Sha1, Some(d)) => *d,
+                    _ => entry.template_digest(*bank),
+                };
                 self.state.pcrs[i] = bank.extend(&self.state.pcrs[i], &d);
             }
             let entries_after = self.state.entries + 1;

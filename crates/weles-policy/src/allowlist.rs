@@ -4,8 +4,12 @@
 //! near the size of the data, digest bytes live in one arena and each path maps to a small inline
 //! list of (algorithm, length, offset) records; a path with one digest costs no allocation beyond
 //! its key. Paths are bytes, because IMA paths need not be UTF-8.
+//!
+//! The map uses hashbrown's default (foldhash, randomly seeded per process). Only the tenant's
+//! signed policy inserts keys; guest-controlled paths are only looked up, which cannot degrade
+//! the table.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use weles_ima::{Digest, HashAlgorithm};
 
@@ -64,25 +68,31 @@ impl Allowlist {
     /// Allows `bytes` (of `alg`, or of any algorithm when `None`) for `name`. Duplicates are kept
     /// once.
     pub fn insert(&mut self, name: &[u8], alg: Option<HashAlgorithm>, bytes: &[u8]) {
-        if self.lookup(name, alg, bytes) == Lookup::Allowed && alg.is_some() {
-            return;
-        }
         let Ok(start) = u32::try_from(self.arena.len()) else {
-            // More than 4 GiB of digests: refuse silently growing past the arena's index space.
+            // More than 4 GiB of digests: beyond the arena's index space; refuse to grow.
             return;
         };
         let len = bytes.len().min(usize::from(u8::MAX)) as u8;
-        self.arena.extend_from_slice(&bytes[..usize::from(len)]);
+        let bytes = &bytes[..usize::from(len)];
         let rec = Allowed { alg, len, start };
+        let arena = &self.arena;
+        let same = |a: &Allowed| {
+            a.alg == alg
+                && a.len == len
+                && &arena[a.start as usize..a.start as usize + usize::from(a.len)] == bytes
+        };
         match self.index.get_mut(name) {
             None => {
                 self.index.insert(name.into(), Slot::One(rec));
             }
             Some(slot) => match slot {
+                Slot::One(first) if same(first) => return,
                 Slot::One(first) => *slot = Slot::Many(vec![*first, rec]),
+                Slot::Many(v) if v.iter().any(same) => return,
                 Slot::Many(v) => v.push(rec),
             },
         }
+        self.arena.extend_from_slice(bytes);
     }
 
     pub fn insert_digest(&mut self, name: &[u8], d: &Digest) {

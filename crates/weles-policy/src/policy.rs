@@ -291,8 +291,8 @@ impl Policy {
         list: &Allowlist,
         name: &[u8],
         what: &str,
-        shown: &str,
-        digest: &str,
+        shown: &ShownName<'_, '_>,
+        digest: &DigestText<'_>,
     ) -> Finding {
         let allowed = list.digests_of(name);
         Finding::new(
@@ -327,6 +327,24 @@ fn fill(
         }
     }
     Ok(())
+}
+
+/// An entry's path, decoded for messages on demand.
+struct ShownName<'a, 'e>(&'a Entry<'e>);
+
+impl std::fmt::Display for ShownName<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.name_lossy())
+    }
+}
+
+/// `alg:hex` of a digest, formatted on demand.
+struct DigestText<'a>(HashAlgorithm, &'a [u8]);
+
+impl std::fmt::Display for DigestText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.0, hex::encode(self.1))
+    }
 }
 
 /// Parses `500ms`, `2s`, `10m`, `24h`, `7d`.
@@ -386,8 +404,9 @@ impl Appraise for Policy {
                 ));
             }
         };
-        let shown = entry.name_lossy();
-        let digest_text = format!("{alg}:{}", hex::encode(digest));
+        // Formatted only when an entry fails: this runs for every entry of every log.
+        let shown = ShownName(entry);
+        let digest_text = DigestText(alg, digest);
         if !self.algorithm_allowed(alg) {
             return Err(Finding::new(
                 Reason::DigestMismatch,
@@ -459,8 +478,8 @@ impl Policy {
         entry: &Entry<'_>,
         alg: HashAlgorithm,
         digest: &[u8],
-        shown: &str,
-        digest_text: &str,
+        shown: &ShownName<'_, '_>,
+        digest_text: &DigestText<'_>,
     ) -> Result<(), Finding> {
         let name = entry.name_bytes();
         // The logged digest must be the buffer's: otherwise the entry claims content it lacks.
