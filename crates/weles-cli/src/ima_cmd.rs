@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use weles_ima::{Config, Digest, LogFormat, Verifier};
+use weles_ima::parallel::ParallelError;
+use weles_ima::{Config, Digest, LogFormat, verify_parallel};
 use weles_policy::{Policy, PolicyFormat, signing};
 
 use crate::{Outcome, read_file};
@@ -83,8 +84,8 @@ fn verify(a: VerifyArgs) -> anyhow::Result<Outcome> {
         (signer.clone(), sig_path)
     });
 
-    // Load the policy on a second core while this one reads the log.
-    let (policy, log) = std::thread::scope(|s| {
+    // Start loading the policy at once; the log is read and hashed meanwhile.
+    let (report, policy) = std::thread::scope(|s| {
         let loader = s.spawn(|| -> anyhow::Result<Policy> {
             let bytes = read_file(&a.policy)?;
             if let Some((signer, sig_path)) = &signature {
@@ -95,31 +96,30 @@ fn verify(a: VerifyArgs) -> anyhow::Result<Outcome> {
             }
             Ok(Policy::load(&bytes, &policy_name)?)
         });
-        let log = read_file(&a.log);
-        let policy = loader
-            .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("policy loader panicked")));
-        (policy, log)
-    });
-    let (policy, log) = (policy?, log?);
-
-    // Replay exactly the banks we have values for; template hashes are checked regardless.
-    let mut v = Verifier::new(Config {
-        banks: Vec::new(),
-        ..Config::default()
-    });
-    for d in &expected {
-        v.expect_pcr(*d).with_context(|| format!("--pcr10 {d}"))?;
-    }
-    v.verify_all(&log, &policy)
-        .with_context(|| format!("{}", a.log.display()))?;
-    v.check_pcrs();
-    let state = v.state();
-    let compliant = v.violations_total() == 0;
+        let log = read_file(&a.log)?;
+        // Replay exactly the banks we have values for; template hashes are checked regardless.
+        let config = Config {
+            banks: Vec::new(),
+            ..Config::default()
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let wait_for_policy = || {
+            loader
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the policy loader failed")))
+        };
+        verify_parallel(&log, &config, &expected, threads, wait_for_policy).map_err(|e| match e {
+            ParallelError::Appraiser(e) => e,
+            ParallelError::Parse(e) => anyhow::Error::new(e).context(a.log.display().to_string()),
+            e => anyhow::Error::new(e),
+        })
+    })?;
+    let state = &report.state;
+    let compliant = report.compliant();
 
     if a.json {
-        let violations: Vec<_> = v
-            .violations()
+        let violations: Vec<_> = report
+            .violations
             .iter()
             .map(|x| {
                 json!({
@@ -128,17 +128,16 @@ fn verify(a: VerifyArgs) -> anyhow::Result<Outcome> {
                 })
             })
             .collect();
-        let pcrs: Vec<_> = v
-            .pcr_matches()
+        let pcrs: Vec<_> = report.pcr_matches
             .iter()
             .map(|m| json!({"bank": m.bank.name(), "expected": m.expected.to_hex(), "matched_at": m.matched_at}))
             .collect();
         let out = json!({
             "compliant": compliant,
             "entries": state.entries,
-            "pcr_matched_at": v.pcr_matched_at(),
+            "pcr_matched_at": report.pcr_matched_at(),
             "violations": violations,
-            "violations_total": v.violations_total(),
+            "violations_total": report.violations_total,
             "log_format": state.format.map(|f| f.name()),
             "pcr": pcrs,
             "policy": {"format": format_name(policy.format), "version": policy.version},
@@ -169,7 +168,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<Outcome> {
                 ""
             }
         );
-        for m in v.pcr_matches() {
+        for m in &report.pcr_matches {
             match m.matched_at {
                 Some(n) => println!(
                     "  PCR 10  {} {} matches the replay after {n} of {} entries",
@@ -190,8 +189,8 @@ fn verify(a: VerifyArgs) -> anyhow::Result<Outcome> {
             );
         }
         if !compliant {
-            println!("  violations ({}):", v.violations_total());
-            for x in v.violations() {
+            println!("  violations ({}):", report.violations_total);
+            for x in &report.violations {
                 println!(
                     "    entry {:<6} {:<22} {}",
                     x.index,
@@ -200,7 +199,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<Outcome> {
                 );
                 println!("           {}", x.detail);
             }
-            let hidden = v.violations_total() - v.violations().len() as u64;
+            let hidden = report.violations_total - report.violations.len() as u64;
             if hidden > 0 {
                 println!("    ... and {hidden} more");
             }

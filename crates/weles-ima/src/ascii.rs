@@ -15,7 +15,7 @@ use crate::binary::{ByteOrder, Limits, NUM_PCRS, decode_fields, template_name_st
 use crate::digest::HashAlgorithm;
 use crate::entry::{Entry, Fields, IMA_LEGACY_NAME_HASH_LEN};
 use crate::error::{ParseError, ParseErrorKind};
-use crate::template::{FieldId, Template, decode_digest_field};
+use crate::template::{FieldId, MAX_FIELDS, Template, decode_digest_field};
 
 /// Reads entries from an ASCII measurement list.
 pub struct AsciiReader<'a> {
@@ -58,66 +58,59 @@ impl<'a> AsciiReader<'a> {
     }
 
     /// The next entry; `None` at the end. On error the reader does not advance.
-    pub fn next_entry(&mut self) -> Option<Result<Entry<'static>, ParseError>> {
-        loop {
-            if self.pos >= self.input.len() {
-                return None;
+    pub fn next_entry(&mut self) -> Option<Result<Entry<'a>, ParseError>> {
+        if self.pos >= self.input.len() {
+            return None;
+        }
+        let rest = &self.input[self.pos..];
+        let offset = self.base_offset + self.pos as u64;
+        let fail = |kind| {
+            Some(Err(ParseError {
+                index: self.next_index,
+                offset,
+                kind,
+            }))
+        };
+        let (line, advance) = match memchr::memchr(b'\n', rest) {
+            Some(nl) => (&rest[..nl], nl + 1),
+            None if self.complete => (rest, rest.len()),
+            None => {
+                let max_line = u64::from(self.limits.max_template_data) * 2 + 4096;
+                return fail(if rest.len() as u64 > max_line {
+                    ParseErrorKind::TooLong {
+                        field: "line",
+                        len: rest.len() as u64,
+                        limit: max_line,
+                    }
+                } else {
+                    ParseErrorKind::Truncated {
+                        field: "line",
+                        needed: rest.len() as u64 + 1,
+                        available: rest.len() as u64,
+                    }
+                });
             }
-            let rest = &self.input[self.pos..];
-            let offset = self.base_offset + self.pos as u64;
-            let (line, advance) = match memchr_newline(rest) {
-                Some(nl) => (&rest[..nl], nl + 1),
-                None if self.complete => (rest, rest.len()),
-                None => {
-                    let max_line = u64::from(self.limits.max_template_data) * 2 + 4096;
-                    let kind = if rest.len() as u64 > max_line {
-                        ParseErrorKind::TooLong {
-                            field: "line",
-                            len: rest.len() as u64,
-                            limit: max_line,
-                        }
-                    } else {
-                        ParseErrorKind::Truncated {
-                            field: "line",
-                            needed: rest.len() as u64 + 1,
-                            available: rest.len() as u64,
-                        }
-                    };
-                    return Some(Err(ParseError {
-                        index: self.next_index,
-                        offset,
-                        kind,
-                    }));
-                }
-            };
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.is_empty() {
-                self.pos += advance;
-                continue;
-            }
-            let result = parse_line(line, self.order, self.limits).map(|mut e| {
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            // The kernel never writes blank lines, and entry indices count lines.
+            return fail(syntax(0, "empty line"));
+        }
+        match parse_line(line, self.order, self.limits) {
+            Ok(mut e) => {
                 e.index = self.next_index;
                 e.offset = offset;
-                e
-            });
-            return Some(match result {
-                Ok(e) => {
-                    self.pos += advance;
-                    self.next_index += 1;
-                    Ok(e)
-                }
-                Err(kind) => Err(ParseError {
-                    index: self.next_index,
-                    offset,
-                    kind,
-                }),
-            });
+                self.pos += advance;
+                self.next_index += 1;
+                Some(Ok(e))
+            }
+            Err(kind) => fail(kind),
         }
     }
 }
 
-impl Iterator for AsciiReader<'_> {
-    type Item = Result<Entry<'static>, ParseError>;
+impl<'a> Iterator for AsciiReader<'a> {
+    type Item = Result<Entry<'a>, ParseError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let item = self.next_entry()?;
@@ -128,10 +121,6 @@ impl Iterator for AsciiReader<'_> {
     }
 }
 
-fn memchr_newline(s: &[u8]) -> Option<usize> {
-    s.iter().position(|b| *b == b'\n')
-}
-
 fn syntax(column: usize, what: impl Into<String>) -> ParseErrorKind {
     ParseErrorKind::AsciiSyntax {
         column: column as u64,
@@ -140,23 +129,19 @@ fn syntax(column: usize, what: impl Into<String>) -> ParseErrorKind {
 }
 
 /// Splits off the next space-separated token; returns (token, column of token, rest).
-fn token<'l>(
-    line: &'l [u8],
+fn token(
+    line: &[u8],
     col: usize,
-    what: &str,
-) -> Result<(&'l [u8], usize, &'l [u8]), ParseErrorKind> {
+    what: impl FnOnce() -> String,
+) -> Result<(&[u8], usize, &[u8]), ParseErrorKind> {
     match line.iter().position(|b| *b == b' ') {
         Some(sp) => Ok((&line[..sp], col, &line[sp + 1..])),
-        None => Err(syntax(col + line.len(), format!("missing {what}"))),
+        None => Err(syntax(col + line.len(), format!("missing {}", what()))),
     }
 }
 
-fn parse_line(
-    line: &[u8],
-    order: ByteOrder,
-    limits: Limits,
-) -> Result<Entry<'static>, ParseErrorKind> {
-    let (pcr_tok, _, rest) = token(line, 0, "template hash after the PCR index")?;
+fn parse_line(line: &[u8], order: ByteOrder, limits: Limits) -> Result<Entry<'_>, ParseErrorKind> {
+    let (pcr_tok, _, rest) = token(line, 0, || "template hash after the PCR index".into())?;
     let pcr: u32 = std::str::from_utf8(pcr_tok)
         .ok()
         .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
@@ -166,13 +151,15 @@ fn parse_line(
         return Err(ParseErrorKind::PcrOutOfRange(pcr));
     }
     let hash_col = pcr_tok.len() + 1;
-    let (hash_tok, _, rest) = token(rest, hash_col, "template name after the template hash")?;
+    let (hash_tok, _, rest) = token(rest, hash_col, || {
+        "template name after the template hash".into()
+    })?;
     let mut template_hash = [0u8; 20];
-    if hash_tok.len() != 40 || hex::decode_to_slice(hash_tok, &mut template_hash).is_err() {
+    if hash_tok.len() != 40 || !crate::hexdec::decode_into(hash_tok, &mut template_hash) {
         return Err(syntax(hash_col, "template hash is not 40 hex digits"));
     }
     let name_col = hash_col + 41;
-    let (name_tok, _, rest) = token(rest, name_col, "fields after the template name")?;
+    let (name_tok, _, rest) = token(rest, name_col, || "fields after the template name".into())?;
     if name_tok.len() as u64 > u64::from(limits.max_template_name) {
         return Err(ParseErrorKind::TooLong {
             field: "template_name",
@@ -180,18 +167,16 @@ fn parse_line(
             limit: limits.max_template_name.into(),
         });
     }
-    let template_name = template_name_str(name_tok)
-        .ok_or(ParseErrorKind::BadTemplateName)?
-        .to_string();
+    let template_name = template_name_str(name_tok).ok_or(ParseErrorKind::BadTemplateName)?;
     let fields_col = name_col + name_tok.len() + 1;
-    let Some(template) = Template::from_name(&template_name) else {
+    let Some(template) = Template::from_name(template_name) else {
         // We cannot rebuild data for a template we do not know; keep the line for reporting.
         return Ok(Entry {
             index: 0,
             offset: 0,
             pcr,
             template_hash,
-            template_name: Cow::Owned(template_name),
+            template_name: Cow::Borrowed(template_name),
             template: None,
             data: Cow::Owned(Vec::new()),
             fields: Fields::default(),
@@ -205,26 +190,26 @@ fn parse_line(
         Some(p) => (&ids[..p], &ids[p + 1..]),
         None => (ids, &[][..]),
     };
-    let mut texts: Vec<(FieldId, &[u8], usize)> = Vec::with_capacity(ids.len());
+    // (field, text, column) in template order, without allocating.
+    let mut texts: [(FieldId, &[u8], usize); MAX_FIELDS] = [(FieldId::Buf, &[][..], 0); MAX_FIELDS];
     let mut rest = rest;
     let mut col = fields_col;
     for (i, &id) in before.iter().enumerate() {
         let last = name_pos.is_none() && i + 1 == before.len() && after.is_empty();
         if last {
-            texts.push((id, rest, col));
+            texts[i] = (id, rest, col);
             rest = &[];
         } else {
-            let (tok, c, r) = token(rest, col, &format!("field after {}", id.name()))?;
-            texts.push((id, tok, c));
+            let (tok, c, r) = token(rest, col, || format!("field after {}", id.name()))?;
+            texts[i] = (id, tok, c);
             col += tok.len() + 1;
             rest = r;
         }
     }
-    let mut tail: Vec<(FieldId, &[u8], usize)> = Vec::with_capacity(after.len());
-    for &id in after.iter().rev() {
+    for (k, &id) in after.iter().enumerate().rev() {
         match rest.iter().rposition(|b| *b == b' ') {
             Some(sp) => {
-                tail.push((id, &rest[sp + 1..], col + sp + 1));
+                texts[before.len() + 1 + k] = (id, &rest[sp + 1..], col + sp + 1);
                 rest = &rest[..sp];
             }
             None => {
@@ -236,16 +221,15 @@ fn parse_line(
         }
     }
     if let Some(p) = name_pos {
-        texts.push((ids[p], rest, col));
+        texts[p] = (ids[p], rest, col);
     }
-    texts.extend(tail.into_iter().rev());
+    let texts = &texts[..ids.len()];
 
     let mut data = Vec::with_capacity(line.len());
     if template == Template::Ima {
         // Binary-log layout: d[20] || u32 len || name (no NUL).
         let (_, d_text, d_col) = texts[0];
-        let d = decode_hex(d_text, d_col, "d")?;
-        if d.len() != 20 {
+        if d_text.len() != 40 {
             return Err(syntax(d_col, "legacy digest d must be 40 hex digits"));
         }
         let name = texts[1].1;
@@ -256,7 +240,7 @@ fn parse_line(
                 limit: IMA_LEGACY_NAME_HASH_LEN as u64 - 1,
             });
         }
-        data.extend_from_slice(&d);
+        append_hex(&mut data, d_text, d_col, "d")?;
         data.extend_from_slice(&order.u32_bytes(name.len() as u32));
         data.extend_from_slice(name);
         let fields = Fields {
@@ -274,7 +258,7 @@ fn parse_line(
         ));
     }
     // Field texts arrive in template order; emit each as `u32 len || bytes`.
-    for (id, text, c) in texts {
+    for &(id, text, c) in texts {
         let start = data.len();
         data.extend_from_slice(&[0; 4]);
         match id {
@@ -286,7 +270,7 @@ fn parse_line(
                 data.push(0);
             }
             FieldId::Sig | FieldId::Buf | FieldId::Modsig => {
-                data.extend_from_slice(&decode_hex(text, c, id.name())?);
+                append_hex(&mut data, text, c, id.name())?;
             }
             FieldId::D | FieldId::N => return Err(ParseErrorKind::BadTemplateName),
         }
@@ -314,25 +298,35 @@ fn parse_line(
 fn entry(
     pcr: u32,
     template_hash: [u8; 20],
-    template_name: String,
+    template_name: &str,
     template: Template,
     data: Vec<u8>,
     fields: Fields,
-) -> Entry<'static> {
+) -> Entry<'_> {
     Entry {
         index: 0,
         offset: 0,
         pcr,
         template_hash,
-        template_name: Cow::Owned(template_name),
+        template_name: Cow::Borrowed(template_name),
         template: Some(template),
         data: Cow::Owned(data),
         fields,
     }
 }
 
-fn decode_hex(text: &[u8], col: usize, field: &str) -> Result<Vec<u8>, ParseErrorKind> {
-    hex::decode(text).map_err(|_| syntax(col, format!("field {field} is not hexadecimal")))
+/// Appends the bytes of a hex field to `out`.
+fn append_hex(
+    out: &mut Vec<u8>,
+    text: &[u8],
+    col: usize,
+    field: &str,
+) -> Result<(), ParseErrorKind> {
+    if crate::hexdec::decode_append(text, out) {
+        Ok(())
+    } else {
+        Err(syntax(col, format!("field {field} is not hexadecimal")))
+    }
 }
 
 /// `[TYPE:]ALG:HEX` → `[TYPE:]ALG:\0 || digest`; bare HEX (legacy sha1/md5) → digest only.
@@ -356,11 +350,10 @@ fn encode_digest_text(
             }
             out.extend_from_slice(prefix);
             out.push(0);
-            out.extend_from_slice(&decode_hex(&text[colon + 1..], col + colon + 1, id.name())?);
+            append_hex(out, &text[colon + 1..], col + colon + 1, id.name())?;
         }
         None => {
-            let d = decode_hex(text, col, id.name())?;
-            if !matches!(d.len(), 16 | 20) {
+            if !matches!(text.len(), 32 | 40) {
                 return Err(syntax(
                     col,
                     format!(
@@ -371,7 +364,7 @@ fn encode_digest_text(
                     ),
                 ));
             }
-            out.extend_from_slice(&d);
+            append_hex(out, text, col, id.name())?;
         }
     }
     Ok(())

@@ -8,6 +8,8 @@
 //! - [`entry`]: a decoded entry and its template digest per PCR bank.
 //! - [`verify`]: the incremental verifier — template hashes, PCR replay per bank, PCR matching at
 //!   any prefix, and appraisal of each entry through the [`verify::Appraise`] trait.
+//! - [`parallel`]: the same verification of a complete log on several threads, overlapping the
+//!   loading of the policy.
 //! - [`boot_aggregate`]: the value of the first entry, from PCRs 0–9.
 //!
 //! Nothing here panics or allocates on the say-so of a length field in untrusted input; see
@@ -20,7 +22,9 @@ pub mod binary;
 pub mod digest;
 pub mod entry;
 pub mod error;
+pub mod hexdec;
 pub mod log;
+pub mod parallel;
 pub mod template;
 pub mod verify;
 
@@ -29,6 +33,7 @@ pub use digest::{Bank, Digest, HashAlgorithm};
 pub use entry::Entry;
 pub use error::{ParseError, ParseErrorKind};
 pub use log::{LogFormat, Reader};
+pub use parallel::{Report, verify_parallel};
 pub use verify::{Appraise, Config, Finding, Reason, State, Verifier, Violation};
 
 /// The boot_aggregate the kernel logs as the first entry, for `bank`, from PCRs 0–9 of that bank.

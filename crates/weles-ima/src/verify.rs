@@ -383,18 +383,10 @@ impl Verifier {
     }
 
     fn verify_entry(&mut self, entry: &Entry<'_>, appraiser: &dyn Appraise) {
-        // SHA-1 of the template data serves both the template-hash check and the sha1 bank.
-        let violation = entry.is_violation();
-        let sha1 = (!violation).then(|| entry.computed_template_digest(Bank::Sha1));
-        let hash_ok = sha1
-            .as_ref()
-            .is_none_or(|d| d.as_bytes() == entry.template_hash);
+        let (hash_ok, sha1) = check_template_hash(entry);
         if entry.pcr == self.config.pcr_index {
             for (i, bank) in self.banks.iter().enumerate() {
-                let d = match (bank, &sha1) {
-                    (Bank::Sha1, Some(d)) => *d,
-                    _ => entry.template_digest(*bank),
-                };
+                let d = bank_digest(entry, *bank, sha1.as_ref());
                 self.state.pcrs[i] = bank.extend(&self.state.pcrs[i], &d);
             }
             let entries_after = self.state.entries + 1;
@@ -404,32 +396,10 @@ impl Verifier {
                 }
             }
         }
-        let finding = if !hash_ok {
-            Some(Finding::new(
-                Reason::TemplateHashMismatch,
-                format!(
-                    "logged template hash {} is not sha1 of the template data ({})",
-                    hex::encode(entry.template_hash),
-                    entry.computed_template_digest(Bank::Sha1).to_hex()
-                ),
-            ))
-        } else if entry.template.is_none() {
-            Some(Finding::new(
-                Reason::UnsupportedTemplate,
-                format!("template {:?} is not supported", entry.template_name),
-            ))
-        } else {
-            appraiser.appraise(entry).err()
-        };
+        let finding =
+            structural_finding(entry, hash_ok).or_else(|| appraiser.appraise(entry).err());
         if let Some(f) = finding {
-            self.record(Violation {
-                index: entry.index,
-                offset: entry.offset,
-                path: entry.name_lossy().into_owned(),
-                reason: f.reason,
-                digest: entry.file_digest_value().map(|d| d.to_string()),
-                detail: f.detail,
-            });
+            self.record(violation(entry, f));
         }
     }
 
@@ -454,21 +424,97 @@ impl Verifier {
                 .pcr(m.bank)
                 .map(|d| d.to_hex())
                 .unwrap_or_default();
-            self.record(Violation {
-                index: self.state.entries,
-                offset: self.state.offset,
-                path: format!("PCR{}:{}", self.config.pcr_index, m.bank),
-                reason: Reason::PcrMismatch,
-                digest: None,
-                detail: format!(
-                    "no prefix of the log replays to the expected {} value {}; after all {} entries the replay is {}",
-                    m.bank,
-                    m.expected.to_hex(),
-                    self.state.entries,
-                    replayed
-                ),
-            });
+            let v = pcr_mismatch_violation(
+                self.config.pcr_index,
+                &m,
+                self.state.entries,
+                self.state.offset,
+                &replayed,
+            );
+            self.record(v);
         }
+    }
+
+    /// The verdict so far (call [`Verifier::check_pcrs`] first for a final one).
+    pub fn report(&self) -> crate::parallel::Report {
+        crate::parallel::Report {
+            state: self.state.clone(),
+            pcr_matches: self.expected.clone(),
+            violations: self.violations.clone(),
+            violations_total: self.violations_total,
+        }
+    }
+}
+
+pub(crate) fn pcr_mismatch_violation(
+    pcr_index: u32,
+    m: &BankMatch,
+    entries: u64,
+    offset: u64,
+    replayed: &str,
+) -> Violation {
+    Violation {
+        index: entries,
+        offset,
+        path: format!("PCR{pcr_index}:{}", m.bank),
+        reason: Reason::PcrMismatch,
+        digest: None,
+        detail: format!(
+            "no prefix of the log replays to the expected {} value {}; after all {entries} entries the replay is {replayed}",
+            m.bank,
+            m.expected.to_hex(),
+        ),
+    }
+}
+
+/// Whether the logged SHA-1 template hash is right, and the SHA-1 template digest computed on the
+/// way (it doubles as the sha1 bank's digest). Violation entries have no digest to check.
+pub(crate) fn check_template_hash(entry: &Entry<'_>) -> (bool, Option<Digest>) {
+    if entry.is_violation() {
+        return (true, None);
+    }
+    let sha1 = entry.computed_template_digest(Bank::Sha1);
+    (sha1.as_bytes() == entry.template_hash, Some(sha1))
+}
+
+/// The digest `bank` was extended with for this entry, reusing a computed SHA-1.
+pub(crate) fn bank_digest(entry: &Entry<'_>, bank: Bank, sha1: Option<&Digest>) -> Digest {
+    match (bank, sha1) {
+        (Bank::Sha1, Some(d)) => *d,
+        _ => entry.template_digest(bank),
+    }
+}
+
+/// Findings that need no policy: a wrong template hash, an unsupported template. Entries with
+/// such a finding are not appraised.
+pub(crate) fn structural_finding(entry: &Entry<'_>, hash_ok: bool) -> Option<Finding> {
+    if !hash_ok {
+        Some(Finding::new(
+            Reason::TemplateHashMismatch,
+            format!(
+                "logged template hash {} is not sha1 of the template data ({})",
+                hex::encode(entry.template_hash),
+                entry.computed_template_digest(Bank::Sha1).to_hex()
+            ),
+        ))
+    } else if entry.template.is_none() {
+        Some(Finding::new(
+            Reason::UnsupportedTemplate,
+            format!("template {:?} is not supported", entry.template_name),
+        ))
+    } else {
+        None
+    }
+}
+
+pub(crate) fn violation(entry: &Entry<'_>, f: Finding) -> Violation {
+    Violation {
+        index: entry.index,
+        offset: entry.offset,
+        path: entry.name_lossy().into_owned(),
+        reason: f.reason,
+        digest: entry.file_digest_value().map(|d| d.to_string()),
+        detail: f.detail,
     }
 }
 

@@ -22,8 +22,18 @@ struct Allowed {
     start: u32,
 }
 
+/// Digests up to this length (SHA-256) are stored in the table slot itself: a lookup then
+/// touches the slot and the key, not a third place in memory.
+const INLINE: usize = 32;
+
 #[derive(Clone, Debug)]
 enum Slot {
+    /// The common case: one digest of at most 32 bytes, inline.
+    Inline {
+        alg: Option<HashAlgorithm>,
+        len: u8,
+        bytes: [u8; INLINE],
+    },
     One(Allowed),
     Many(Vec<Allowed>),
 }
@@ -68,31 +78,95 @@ impl Allowlist {
     /// Allows `bytes` (of `alg`, or of any algorithm when `None`) for `name`. Duplicates are kept
     /// once.
     pub fn insert(&mut self, name: &[u8], alg: Option<HashAlgorithm>, bytes: &[u8]) {
-        let Ok(start) = u32::try_from(self.arena.len()) else {
-            // More than 4 GiB of digests: beyond the arena's index space; refuse to grow.
-            return;
-        };
         let len = bytes.len().min(usize::from(u8::MAX)) as u8;
         let bytes = &bytes[..usize::from(len)];
-        let rec = Allowed { alg, len, start };
-        let arena = &self.arena;
-        let same = |a: &Allowed| {
-            a.alg == alg
-                && a.len == len
+        match self.index.get_mut(name) {
+            None if bytes.len() <= INLINE => {
+                let mut inline = [0u8; INLINE];
+                inline[..bytes.len()].copy_from_slice(bytes);
+                self.index.insert(
+                    name.into(),
+                    Slot::Inline {
+                        alg,
+                        len,
+                        bytes: inline,
+                    },
+                );
+            }
+            None => {
+                if let Some(rec) = Self::push_arena(&mut self.arena, alg, bytes) {
+                    self.index.insert(name.into(), Slot::One(rec));
+                }
+            }
+            Some(slot) => {
+                if Self::slot_has(&self.arena, slot, alg, bytes, true) {
+                    return;
+                }
+                let Some(rec) = Self::push_arena(&mut self.arena, alg, bytes) else {
+                    return;
+                };
+                let previous = match slot {
+                    Slot::Inline { alg, len, bytes } => {
+                        let b = bytes[..usize::from(*len)].to_vec();
+                        let a = *alg;
+                        Self::push_arena(&mut self.arena, a, &b)
+                            .into_iter()
+                            .collect()
+                    }
+                    Slot::One(first) => vec![*first],
+                    Slot::Many(v) => std::mem::take(v),
+                };
+                let mut all = previous;
+                all.push(rec);
+                *slot = Slot::Many(all);
+            }
+        }
+    }
+
+    /// Appends digest bytes to the arena; `None` past 4 GiB (the arena's index space).
+    fn push_arena(
+        arena: &mut Vec<u8>,
+        alg: Option<HashAlgorithm>,
+        bytes: &[u8],
+    ) -> Option<Allowed> {
+        let start = u32::try_from(arena.len()).ok()?;
+        arena.extend_from_slice(bytes);
+        Some(Allowed {
+            alg,
+            len: bytes.len() as u8,
+            start,
+        })
+    }
+
+    /// Whether `slot` holds `bytes`; `exact`: the algorithm must be equal too (for dedup).
+    fn slot_has(
+        arena: &[u8],
+        slot: &Slot,
+        alg: Option<HashAlgorithm>,
+        bytes: &[u8],
+        exact: bool,
+    ) -> bool {
+        let alg_ok = |a: Option<HashAlgorithm>| {
+            if exact {
+                a == alg
+            } else {
+                a.is_none() || alg.is_none() || a == alg
+            }
+        };
+        let rec_ok = |a: &Allowed| {
+            usize::from(a.len) == bytes.len()
+                && alg_ok(a.alg)
                 && &arena[a.start as usize..a.start as usize + usize::from(a.len)] == bytes
         };
-        match self.index.get_mut(name) {
-            None => {
-                self.index.insert(name.into(), Slot::One(rec));
-            }
-            Some(slot) => match slot {
-                Slot::One(first) if same(first) => return,
-                Slot::One(first) => *slot = Slot::Many(vec![*first, rec]),
-                Slot::Many(v) if v.iter().any(same) => return,
-                Slot::Many(v) => v.push(rec),
-            },
+        match slot {
+            Slot::Inline {
+                alg: a,
+                len,
+                bytes: b,
+            } => usize::from(*len) == bytes.len() && alg_ok(*a) && &b[..usize::from(*len)] == bytes,
+            Slot::One(a) => rec_ok(a),
+            Slot::Many(v) => v.iter().any(rec_ok),
         }
-        self.arena.extend_from_slice(bytes);
     }
 
     pub fn insert_digest(&mut self, name: &[u8], d: &Digest) {
@@ -101,22 +175,10 @@ impl Allowlist {
 
     /// Whether `name` may have this digest.
     pub fn lookup(&self, name: &[u8], alg: Option<HashAlgorithm>, bytes: &[u8]) -> Lookup {
-        let Some(slot) = self.index.get(name) else {
-            return Lookup::NotListed;
-        };
-        let matches = |a: &Allowed| {
-            usize::from(a.len) == bytes.len()
-                && (a.alg.is_none() || alg.is_none() || a.alg == alg)
-                && &self.arena[a.start as usize..a.start as usize + usize::from(a.len)] == bytes
-        };
-        let ok = match slot {
-            Slot::One(a) => matches(a),
-            Slot::Many(v) => v.iter().any(matches),
-        };
-        if ok {
-            Lookup::Allowed
-        } else {
-            Lookup::OtherDigests
+        match self.index.get(name) {
+            None => Lookup::NotListed,
+            Some(slot) if Self::slot_has(&self.arena, slot, alg, bytes, false) => Lookup::Allowed,
+            Some(_) => Lookup::OtherDigests,
         }
     }
 
@@ -126,21 +188,25 @@ impl Allowlist {
 
     /// Allowed digests of `name` as text (`alg:hex`, or bare hex), for messages and export.
     pub fn digests_of(&self, name: &[u8]) -> Vec<String> {
+        let show = |alg: Option<HashAlgorithm>, b: &[u8]| match alg {
+            Some(alg) => format!("{alg}:{}", hex::encode(b)),
+            None => hex::encode(b),
+        };
         let records: Vec<Allowed> = match self.index.get(name) {
             None => return Vec::new(),
+            Some(Slot::Inline { alg, len, bytes }) => {
+                return vec![show(*alg, &bytes[..usize::from(*len)])];
+            }
             Some(Slot::One(a)) => vec![*a],
             Some(Slot::Many(v)) => v.clone(),
         };
         records
             .iter()
             .map(|a| {
-                let hex = hex::encode(
+                show(
+                    a.alg,
                     &self.arena[a.start as usize..a.start as usize + usize::from(a.len)],
-                );
-                match a.alg {
-                    Some(alg) => format!("{alg}:{hex}"),
-                    None => hex,
-                }
+                )
             })
             .collect()
     }

@@ -7,21 +7,18 @@
 //! *string* holding `{"keyids": [...], "pubkeys": [base64 DER, ...]}`).
 //!
 //! Digests are bare lowercase hex of 40–128 digits; like Keylime we compare their bytes with the
-//! entry's digest whatever its algorithm. The big maps are streamed straight into
-//! [`Allowlist`]s: a 100k-path policy is parsed without building an intermediate tree.
+//! entry's digest whatever its algorithm. The big maps are read by [`keylime_fast`] straight into
+//! allowlists: a 100k-path policy is parsed without building an intermediate tree.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
 
 use base64ct::{Base64, Encoding};
 use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::allowlist::Allowlist;
 use crate::document::{ImaSection, KeyEntry, PolicyDocument};
 use crate::error::PolicyError;
 use crate::ima_keys::TrustedKey;
+use crate::keylime_fast;
 use crate::policy::{Policy, PolicyFormat};
 
 #[derive(Deserialize)]
@@ -42,24 +39,6 @@ struct ImaOptions {
     log_hash_alg: String,
     #[allow(dead_code)]
     dm_policy: Option<serde_json::Value>,
-}
-
-/// The whole document with the big maps streamed into allowlists.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Fast {
-    meta: Meta,
-    release: u64,
-    #[serde(deserialize_with = "allowlist_field")]
-    digests: Allowlist,
-    excludes: Vec<String>,
-    #[serde(deserialize_with = "allowlist_field")]
-    keyrings: Allowlist,
-    ima: ImaOptions,
-    #[serde(rename = "ima-buf", deserialize_with = "allowlist_field")]
-    ima_buf: Allowlist,
-    #[serde(rename = "verification-keys")]
-    verification_keys: String,
 }
 
 /// The same document as plain maps, for conversion to TOML.
@@ -120,27 +99,90 @@ fn check_common(source: &str, meta: &Meta, ima: &ImaOptions) -> Result<(), Polic
     Ok(())
 }
 
+/// Line and column (1-based) of a byte offset.
+fn line_column(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = before.len()
+        - before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |p| p + 1)
+        + 1;
+    (line, column)
+}
+
 /// Loads a Keylime runtime policy as a [`Policy`].
 pub fn load(bytes: &[u8], source: &str) -> Result<Policy, PolicyError> {
-    let doc: Fast = serde_json::from_slice(bytes).map_err(|e| json_error(source, &e))?;
-    check_common(source, &doc.meta, &doc.ima)?;
+    let at = |offset: usize| {
+        let (l, c) = line_column(bytes, offset);
+        format!("line {l}, column {c}")
+    };
+    let top = keylime_fast::read(bytes).map_err(|e| {
+        PolicyError::new(
+            source,
+            at(e.offset),
+            format!("Keylime runtime policy: {}", e.message),
+        )
+    })?;
+    let mut meta = None;
+    let mut release = None;
+    let mut excludes = None;
+    let mut ima = None;
+    let mut vkeys = None;
+    for (key, raw, offset) in &top.others {
+        let bad = |e: serde_json::Error| {
+            PolicyError::new(
+                source,
+                format!("{key} ({})", at(*offset)),
+                format!("Keylime runtime policy: {e}"),
+            )
+        };
+        match key.as_ref() {
+            "meta" => meta = Some(serde_json::from_slice::<Meta>(raw).map_err(bad)?),
+            "release" => release = Some(serde_json::from_slice::<u64>(raw).map_err(bad)?),
+            "excludes" => excludes = Some(serde_json::from_slice::<Vec<String>>(raw).map_err(bad)?),
+            "ima" => ima = Some(serde_json::from_slice::<ImaOptions>(raw).map_err(bad)?),
+            "verification-keys" => {
+                vkeys = Some(serde_json::from_slice::<String>(raw).map_err(bad)?)
+            }
+            other => {
+                return Err(PolicyError::new(
+                    source,
+                    at(*offset),
+                    format!("Keylime runtime policy: unknown field `{other}`"),
+                ));
+            }
+        }
+    }
+    let missing = |name: &str| {
+        PolicyError::new(
+            source,
+            "document",
+            format!("Keylime runtime policy: missing field `{name}`"),
+        )
+    };
+    let meta = meta.ok_or_else(|| missing("meta"))?;
+    let ima = ima.ok_or_else(|| missing("ima"))?;
+    check_common(source, &meta, &ima)?;
     let mut p = Policy::empty(PolicyFormat::Keylime);
-    p.version = doc.release;
-    p.digests = doc.digests;
-    p.keyrings = doc.keyrings;
-    p.buffers = doc.ima_buf;
+    p.version = release.ok_or_else(|| missing("release"))?;
+    p.digests = top.digests;
+    p.keyrings = top.keyrings;
+    p.buffers = top.ima_buf;
     // Keylime compares digests whatever their algorithm.
     p.digest_algorithms = None;
-    p.set_excludes(&doc.excludes)
+    p.set_excludes(&excludes.ok_or_else(|| missing("excludes"))?)
         .map_err(|(i, m)| PolicyError::new(source, format!("excludes[{i}]"), m))?;
-    p.ignored_keyrings = doc.ima.ignored_keyrings;
-    p.keys = verification_keys(&doc.verification_keys, source)?
+    p.ignored_keyrings = ima.ignored_keyrings;
+    p.keys = verification_keys(&vkeys.ok_or_else(|| missing("verification-keys"))?, source)?
         .into_iter()
-        .map(|(name, der, keyid)| {
+        .enumerate()
+        .map(|(i, (name, der, keyid))| {
             let k = TrustedKey::from_der(&name, &der).map_err(|e| {
                 PolicyError::new(
                     source,
-                    format!("verification-keys.pubkeys[{}]", &name[4..]),
+                    format!("verification-keys.pubkeys[{i}]"),
                     e.to_string(),
                 )
             })?;
@@ -285,102 +327,4 @@ fn pem_public_key(der: &[u8]) -> String {
     }
     out.push_str("-----END PUBLIC KEY-----\n");
     out
-}
-
-// --- streaming deserialisation of `{ "name": ["hex", ...], ... }` into an Allowlist ---------------
-
-fn allowlist_field<'de, D: Deserializer<'de>>(d: D) -> Result<Allowlist, D::Error> {
-    d.deserialize_map(AllowlistVisitor)
-}
-
-struct AllowlistVisitor;
-
-impl<'de> Visitor<'de> for AllowlistVisitor {
-    type Value = Allowlist;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object mapping names to arrays of hex digests")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Allowlist, A::Error> {
-        let mut list = Allowlist::with_capacity(map.size_hint().unwrap_or(0));
-        while let Some(name) = map.next_key::<Key<'de>>()? {
-            map.next_value_seed(DigestsSeed {
-                list: &mut list,
-                name: &name.0,
-            })?;
-        }
-        Ok(list)
-    }
-}
-
-/// A map key, borrowed from the input when it has no escapes.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-struct DigestsSeed<'a> {
-    list: &'a mut Allowlist,
-    name: &'a str,
-}
-
-impl<'de> DeserializeSeed<'de> for DigestsSeed<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for DigestsSeed<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of hex digests")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut i = 0usize;
-        let mut buf = [0u8; 64];
-        while let Some(Key(text)) = seq.next_element::<Key<'de>>()? {
-            let t = text.as_bytes();
-            let ok = (40..=128).contains(&t.len())
-                && t.len() % 2 == 0
-                && t.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-                && hex::decode_to_slice(t, &mut buf[..t.len() / 2]).is_ok();
-            if !ok {
-                return Err(de::Error::custom(format!(
-                    "[{:?}][{i}]: {text:?} is not 40 to 128 lowercase hex digits",
-                    self.name
-                )));
-            }
-            self.list
-                .insert(self.name.as_bytes(), None, &buf[..t.len() / 2]);
-            i += 1;
-        }
-        if i == 0 {
-            return Err(de::Error::custom(format!(
-                "[{:?}]: lists no digest (Keylime requires at least one)",
-                self.name
-            )));
-        }
-        Ok(())
-    }
 }

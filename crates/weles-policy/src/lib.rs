@@ -18,6 +18,7 @@ pub mod error;
 pub mod generate;
 pub mod ima_keys;
 pub mod keylime;
+mod keylime_fast;
 mod policy;
 pub mod signing;
 
