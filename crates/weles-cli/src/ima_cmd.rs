@@ -229,7 +229,7 @@ fn show(a: ShowArgs) -> anyhow::Result<Outcome> {
     if bytes.is_empty() {
         bail!("{}: empty measurement list", a.log.display());
     }
-    let format = LogFormat::detect(&bytes).with_context(|| a.log.display().to_string())?;
+    let format = LogFormat::detect(&bytes);
     let mut reader = weles_ima::Reader::new(format, &bytes, 0, 0, Default::default(), true);
     while let Some(e) = reader.next_entry() {
         let e = e.with_context(|| a.log.display().to_string())?;

@@ -51,8 +51,6 @@ pub enum ParseErrorKind {
     Field(FieldError),
     /// An ASCII line that does not have the `PCR HASH TEMPLATE FIELDS...` shape.
     AsciiSyntax { column: u64, what: String },
-    /// The input is neither an ASCII nor a binary measurement list.
-    UnknownFormat,
 }
 
 impl fmt::Display for ParseErrorKind {
@@ -94,12 +92,6 @@ impl fmt::Display for ParseErrorKind {
             ParseErrorKind::Field(e) => e.fmt(f),
             ParseErrorKind::AsciiSyntax { column, what } => {
                 write!(f, "column {column}: {what}")
-            }
-            ParseErrorKind::UnknownFormat => {
-                write!(
-                    f,
-                    "neither an ASCII nor a binary IMA measurement list (first bytes do not parse)"
-                )
             }
         }
     }

@@ -10,6 +10,7 @@
 //!   any prefix, and appraisal of each entry through the [`verify::Appraise`] trait.
 //! - [`parallel`]: the same verification of a complete log on several threads, overlapping the
 //!   loading of the policy.
+//! - [`write`]: entries in the kernel's layouts (test vectors, conversion, replay).
 //! - [`boot_aggregate`]: the value of the first entry, from PCRs 0–9.
 //!
 //! Nothing here panics or allocates on the say-so of a length field in untrusted input; see
@@ -27,6 +28,7 @@ pub mod log;
 pub mod parallel;
 pub mod template;
 pub mod verify;
+pub mod write;
 
 pub use binary::{ByteOrder, Limits};
 pub use digest::{Bank, Digest, HashAlgorithm};

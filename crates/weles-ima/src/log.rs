@@ -3,7 +3,7 @@
 use crate::ascii::AsciiReader;
 use crate::binary::{BinaryReader, ByteOrder, Limits};
 use crate::entry::Entry;
-use crate::error::{ParseError, ParseErrorKind};
+use crate::error::ParseError;
 
 /// The two forms of the measurement list the kernel exposes in securityfs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -18,18 +18,13 @@ impl LogFormat {
     /// Detects the format from the first bytes of a log.
     ///
     /// An ASCII list starts with a decimal PCR index, a space and 40 hex digits; a binary one with
-    /// a 4-byte PCR index below 24 followed by the template hash.
-    pub fn detect(bytes: &[u8]) -> Result<LogFormat, ParseError> {
+    /// a 4-byte PCR index below 24 in either byte order. Anything else is read as a little-endian
+    /// binary list, so that the parser reports exactly what is wrong with its first entry.
+    pub fn detect(bytes: &[u8]) -> LogFormat {
         if looks_ascii(bytes) {
-            return Ok(LogFormat::Ascii(ByteOrder::Little));
+            return LogFormat::Ascii(ByteOrder::Little);
         }
-        ByteOrder::detect(bytes)
-            .map(LogFormat::Binary)
-            .ok_or(ParseError {
-                index: 0,
-                offset: 0,
-                kind: ParseErrorKind::UnknownFormat,
-            })
+        LogFormat::Binary(ByteOrder::detect(bytes).unwrap_or(ByteOrder::Little))
     }
 
     pub fn name(&self) -> &'static str {
@@ -109,7 +104,7 @@ pub fn parse_all(bytes: &[u8], limits: Limits) -> Result<(LogFormat, Vec<Entry<'
     if bytes.is_empty() {
         return Ok((LogFormat::Binary(ByteOrder::Little), Vec::new()));
     }
-    let format = LogFormat::detect(bytes)?;
+    let format = LogFormat::detect(bytes);
     let mut reader = Reader::new(format, bytes, 0, 0, limits, true);
     let mut out = Vec::new();
     while let Some(e) = reader.next_entry() {

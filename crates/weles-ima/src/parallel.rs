@@ -23,10 +23,6 @@ use crate::verify::{
     check_template_hash, structural_finding, violation,
 };
 
-/// Bytes of log per chunk: small enough to balance two cores, large enough to amortise
-/// scheduling.
-const CHUNK_BYTES: usize = 128 * 1024;
-
 /// The outcome of verifying a complete log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
@@ -172,11 +168,11 @@ where
     let format = if bytes.is_empty() {
         None
     } else {
-        Some(LogFormat::detect(bytes)?)
+        Some(LogFormat::detect(bytes))
     };
     let chunks = match format {
         None => Vec::new(),
-        Some(f) => split(f, bytes, config.limits, CHUNK_BYTES),
+        Some(f) => split(f, bytes, config.limits, config.chunk_bytes.max(1)),
     };
 
     let appraiser: OnceLock<A> = OnceLock::new();

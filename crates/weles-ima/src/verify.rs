@@ -123,6 +123,8 @@ pub struct Config {
     pub limits: Limits,
     /// Keep at most this many violations in memory; the rest are only counted.
     pub max_violations: usize,
+    /// Bytes of log per work unit in [`crate::verify_parallel`].
+    pub chunk_bytes: usize,
 }
 
 impl Default for Config {
@@ -132,6 +134,7 @@ impl Default for Config {
             pcr_index: 10,
             limits: Limits::default(),
             max_violations: 10_000,
+            chunk_bytes: 128 * 1024,
         }
     }
 }
@@ -342,16 +345,12 @@ impl Verifier {
         }
         let format = match self.state.format {
             Some(f) => f,
-            None => match LogFormat::detect(input) {
-                Ok(f) => f,
-                // Too few bytes to tell yet.
-                Err(_) if !complete && input.len() < 64 => return (0, Ok(0)),
-                Err(mut e) => {
-                    e.offset = self.state.offset;
-                    e.index = self.state.entries;
-                    return (0, Err(e));
-                }
-            },
+            // Only input starting with a digit may still turn out to be an ASCII line; a binary
+            // header is recognisable (and refusable) from its first bytes.
+            None if !complete && input.len() < 64 && input[0].is_ascii_digit() => {
+                return (0, Ok(0));
+            }
+            None => LogFormat::detect(input),
         };
         self.state.format = Some(format);
         let base = self.state.offset;

@@ -71,14 +71,8 @@ fn formats_are_detected() {
     for name in CONFIGS {
         let bin = std::fs::read(fixture_dir(name).join("binary_runtime_measurements")).unwrap();
         let asc = std::fs::read(fixture_dir(name).join("ascii_runtime_measurements")).unwrap();
-        assert!(matches!(
-            LogFormat::detect(&bin).unwrap(),
-            LogFormat::Binary(_)
-        ));
-        assert!(matches!(
-            LogFormat::detect(&asc).unwrap(),
-            LogFormat::Ascii(_)
-        ));
+        assert!(matches!(LogFormat::detect(&bin), LogFormat::Binary(_)));
+        assert!(matches!(LogFormat::detect(&asc), LogFormat::Ascii(_)));
     }
 }
 
