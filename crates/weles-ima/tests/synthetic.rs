@@ -47,10 +47,7 @@ fn every_template(order: ByteOrder) -> Vec<u8> {
     let bufd = template_data(
         order,
         &[
-            &d_ng(
-                HashAlgorithm::Sha256,
-                Bank::Sha256.hash(&[buf]).as_bytes(),
-            ),
+            &d_ng(HashAlgorithm::Sha256, Bank::Sha256.hash(&[buf]).as_bytes()),
             &n_ng(b"kexec-cmdline"),
             buf,
         ],

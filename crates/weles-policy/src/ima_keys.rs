@@ -85,6 +85,11 @@ impl TrustedKey {
         Self::from_der(name, &der)
     }
 
+    /// Loads PEM text (`CERTIFICATE` or `PUBLIC KEY`), as a policy file carries it.
+    pub fn from_pem(name: &str, text: &str) -> Result<Self, KeyError> {
+        Self::from_der(name, &pem_body(text)?)
+    }
+
     /// Loads DER: an X.509 certificate or a SubjectPublicKeyInfo.
     pub fn from_der(name: &str, der: &[u8]) -> Result<Self, KeyError> {
         // A certificate is SEQUENCE { SEQUENCE tbs {...}, ... }; an SPKI is SEQUENCE { SEQUENCE

@@ -189,7 +189,7 @@ impl Policy {
         for (i, k) in ima.keys.iter().enumerate() {
             let loc = format!("ima.keys[{i}]");
             let name = k.name.clone().unwrap_or_else(|| format!("key {i}"));
-            let mut key = TrustedKey::from_pem_or_der(&name, k.pem.as_bytes())
+            let mut key = TrustedKey::from_pem(&name, &k.pem)
                 .map_err(|e| err(&format!("{loc}.pem"), e.to_string()))?;
             if let Some(id) = &k.keyid {
                 let id = u32::from_str_radix(id.trim_start_matches("0x"), 16).map_err(|_| {
@@ -361,7 +361,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => n.saturating_mul(60_000),
         "h" => n.saturating_mul(3_600_000),
         "d" => n.saturating_mul(86_400_000),
-        _ => return Err(format!("{text:?}: unit must be ms, s, m, h or d")),
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration like 500ms, 2s, 10m, 24h or 7d"
+            ));
+        }
     };
     Ok(Duration::from_millis(ms))
 }
