@@ -24,6 +24,7 @@ logging.disable(logging.CRITICAL)
 from keylime import config  # noqa: E402
 from keylime.common.algorithms import Hash  # noqa: E402
 from keylime.ima import ima  # noqa: E402
+from keylime.ima.file_signatures import ImaKeyring, ImaKeyrings  # noqa: E402
 
 
 def main() -> None:
@@ -57,15 +58,20 @@ def main() -> None:
     bank, pcr = ("sha1", None)
     if a.pcr10:
         bank, pcr = a.pcr10.split(":", 1)
+    # Trusted IMA keys, as Keylime's verifier builds them (verification/tpm_engine.py).
+    keyrings = None
+    if policy.get("verification-keys"):
+        keyrings = ImaKeyrings()
+        keyrings.set_tenant_keyring(ImaKeyring.from_string(policy["verification-keys"]))
     times = []
     fail = None
     for _ in range(max(1, a.repeat)):
         t0 = time.perf_counter()
-        _, fail = ima.process_measurement_list(None, lines, policy, pcrval=pcr, hash_alg=Hash(bank))
+        _, fail = ima.process_measurement_list(
+            None, lines, policy, pcrval=pcr, hash_alg=Hash(bank), ima_keyrings=keyrings
+        )
         times.append(time.perf_counter() - t0)
-    events = []
-    if fail:
-        events = sorted({e.event_id for e in fail.get_event_ids()} if hasattr(fail, "get_event_ids") else [str(fail)])
+    events = sorted(set(fail.get_event_ids())) if fail else []
     print(json.dumps({
         "compliant": not fail,
         "failures": events,

@@ -23,6 +23,8 @@ pub mod binary;
 pub mod digest;
 pub mod entry;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod hexdec;
 pub mod log;
 pub mod parallel;

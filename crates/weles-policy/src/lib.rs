@@ -15,6 +15,8 @@ pub mod allowlist;
 mod der;
 pub mod document;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod generate;
 pub mod ima_keys;
 pub mod keylime;
