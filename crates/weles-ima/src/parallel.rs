@@ -40,14 +40,7 @@ impl Report {
 
     /// The prefix attested by every expected PCR value (see [`crate::Verifier::pcr_matched_at`]).
     pub fn pcr_matched_at(&self) -> Option<u64> {
-        if self.pcr_matches.is_empty() {
-            return None;
-        }
-        self.pcr_matches
-            .iter()
-            .map(|m| m.matched_at)
-            .collect::<Option<Vec<_>>>()
-            .and_then(|v| v.into_iter().min())
+        crate::verify::attested_prefix(&self.pcr_matches)
     }
 }
 

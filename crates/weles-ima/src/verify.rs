@@ -256,14 +256,7 @@ impl Verifier {
     /// The prefix attested by every expected PCR value: the smallest per-bank match point.
     /// `None` if nothing is expected or some bank never matched.
     pub fn pcr_matched_at(&self) -> Option<u64> {
-        if self.expected.is_empty() {
-            return None;
-        }
-        self.expected
-            .iter()
-            .map(|m| m.matched_at)
-            .collect::<Option<Vec<_>>>()
-            .and_then(|v| v.into_iter().min())
+        attested_prefix(&self.expected)
     }
 
     pub fn violations(&self) -> &[Violation] {
@@ -464,6 +457,19 @@ pub(crate) fn pcr_mismatch_violation(
             m.expected.to_hex(),
         ),
     }
+}
+
+/// The prefix attested by every expected PCR value: the smallest per-bank match point. `None` if
+/// nothing is expected or some bank never matched.
+pub(crate) fn attested_prefix(matches: &[BankMatch]) -> Option<u64> {
+    if matches.is_empty() {
+        return None;
+    }
+    matches
+        .iter()
+        .map(|m| m.matched_at)
+        .collect::<Option<Vec<_>>>()
+        .and_then(|v| v.into_iter().min())
 }
 
 /// Whether the logged SHA-1 template hash is right, and the SHA-1 template digest computed on the
