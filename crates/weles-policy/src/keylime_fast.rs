@@ -257,33 +257,39 @@ impl<'a> Scanner<'a> {
             self.pos += 1;
             return Ok(());
         }
-        let mut buf = [0u8; 64];
+        let mut decoded: Vec<u8> = Vec::with_capacity(128);
+        let mut lens: Vec<usize> = Vec::with_capacity(4);
         loop {
             let name = self.string()?;
             self.expect(b':', "':'")?;
             self.expect_with(b'[', || {
                 format!("an array of digests for {section}[{name:?}]")
             })?;
-            let mut i = 0usize;
             if self.peek() == Some(b']') {
                 return self.err(format!(
                     "{section}[{name:?}] lists no digest (Keylime requires at least one)"
                 ));
             }
+            // Decoded digests of this name, inserted as one record.
+            decoded.clear();
+            lens.clear();
+            let mut i = 0usize;
             loop {
                 let at = self.pos;
                 let d = self.string()?;
                 let t = d.as_bytes();
+                let start = decoded.len();
+                decoded.resize(start + t.len() / 2, 0);
                 let ok = (40..=128).contains(&t.len())
                     && t.len() % 2 == 0
-                    && weles_ima::hexdec::decode_lower_into(t, &mut buf[..t.len() / 2]);
+                    && weles_ima::hexdec::decode_lower_into(t, &mut decoded[start..]);
                 if !ok {
                     self.pos = at;
                     return self.err(format!(
                         "{section}[{name:?}][{i}]: {d:?} is not 40 to 128 lowercase hex digits"
                     ));
                 }
-                list.insert(name.as_bytes(), None, &buf[..t.len() / 2]);
+                lens.push(t.len() / 2);
                 i += 1;
                 match self.peek() {
                     Some(b',') => self.pos += 1,
@@ -292,6 +298,21 @@ impl<'a> Scanner<'a> {
                         break;
                     }
                     _ => return self.err("expected ',' or ']'"),
+                }
+            }
+            let mut pos = 0;
+            match lens.as_slice() {
+                // The common case, without building a list.
+                [len] => list.insert_all(name.as_bytes(), &[(None, &decoded[..*len])]),
+                _ => {
+                    let parts: Vec<_> = lens
+                        .iter()
+                        .map(|len| {
+                            pos += len;
+                            (None, &decoded[pos - len..pos])
+                        })
+                        .collect();
+                    list.insert_all(name.as_bytes(), &parts);
                 }
             }
             match self.peek() {

@@ -443,32 +443,27 @@ impl Appraise for Policy {
                 ))
             };
         }
-        if self.is_excluded(name) {
+        // Any of a listed digest, an exclude rule or a trusted signature lets the entry pass. The
+        // cheap hash lookup goes first; regexes and signature cryptography run only for entries
+        // it does not already allow (the verdict is the same in any order).
+        let lookup = self.digests.lookup(name, Some(alg), digest);
+        if lookup == Lookup::Allowed || self.is_excluded(name) {
             return Ok(());
         }
-        let signature = self.signature_check(entry, alg, digest, kind);
-        if let Some(SignatureCheck::Valid(_)) = signature {
-            return Ok(());
-        }
-        match self.digests.lookup(name, Some(alg), digest) {
-            Lookup::Allowed => Ok(()),
-            _ if matches!(signature, Some(SignatureCheck::Invalid(_))) => {
-                let Some(SignatureCheck::Invalid(why)) = signature else {
-                    unreachable!()
-                };
-                Err(Finding::new(
-                    Reason::BadSignature,
-                    format!("{shown}: {why}, and its digest {digest_text} is not listed"),
-                ))
-            }
-            Lookup::OtherDigests => Err(Self::lookup_detail(
+        match (self.signature_check(entry, alg, digest, kind), lookup) {
+            (Some(SignatureCheck::Valid(_)), _) => Ok(()),
+            (Some(SignatureCheck::Invalid(why)), _) => Err(Finding::new(
+                Reason::BadSignature,
+                format!("{shown}: {why}, and its digest {digest_text} is not listed"),
+            )),
+            (None, Lookup::OtherDigests) => Err(Self::lookup_detail(
                 &self.digests,
                 name,
                 "file",
                 &shown,
                 &digest_text,
             )),
-            Lookup::NotListed => Err(Finding::new(
+            (None, _) => Err(Finding::new(
                 Reason::NotInPolicy,
                 format!("{shown} ({digest_text}) is not in the policy"),
             )),
