@@ -76,12 +76,10 @@ fn verify(a: VerifyArgs) -> anyhow::Result<Outcome> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let policy_name = a.policy.display().to_string();
     let signature = a.signer.as_ref().map(|signer| {
-        let sig_path = a.signature.clone().unwrap_or_else(|| {
-            let mut p = a.policy.clone().into_os_string();
-            p.push(".sig");
-            PathBuf::from(p)
-        });
-        (signer.clone(), sig_path)
+        (
+            signer.clone(),
+            crate::policy_cmd::sig_path(&a.policy, a.signature.as_deref()),
+        )
     });
 
     // Start loading the policy at once; the log is read and hashed meanwhile.

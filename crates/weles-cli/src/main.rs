@@ -34,7 +34,7 @@ enum Command {
     Policy(policy_cmd::PolicyCommand),
 }
 
-/// How a command ended: its exit code, and an error to print (exit 2) if any.
+/// How a command that ran to completion ended. Errors (exit 2) are returned as `Err` instead.
 pub enum Outcome {
     Success,
     /// A negative verdict (not compliant, signature invalid): exit 1, output already printed.

@@ -403,7 +403,8 @@ fn passphrase(a: &SignArgs) -> anyhow::Result<Option<Vec<u8>>> {
     Ok(std::env::var_os("WELES_KEY_PASSPHRASE").map(|p| p.into_encoded_bytes()))
 }
 
-fn sig_path(policy: &Path, given: Option<&Path>) -> PathBuf {
+/// The signature file of a policy: the given one, or `POLICY.sig` as `ssh-keygen -Y sign` writes.
+pub(crate) fn sig_path(policy: &Path, given: Option<&Path>) -> PathBuf {
     given.map(Path::to_path_buf).unwrap_or_else(|| {
         let mut p = policy.as_os_str().to_owned();
         p.push(".sig");

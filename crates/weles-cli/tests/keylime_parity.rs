@@ -93,8 +93,9 @@ fn weles(log: &Path, policy: &Path, pcr: Option<&str>) -> Verdict {
     (j["compliant"].as_bool().unwrap(), reasons)
 }
 
-fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("weles-parity-{}", std::process::id()));
+/// A fresh directory per test (tests run in parallel threads of one process).
+fn tempdir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("weles-parity-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -128,7 +129,7 @@ fn same(case: &str, k: Verdict, w: Verdict) {
 #[test]
 #[ignore = "needs Keylime 7.14.3: set WELES_KEYLIME_PYTHON (scripts/test.sh does)"]
 fn keylime_parity_on_generated_logs() {
-    let dir = tempdir();
+    let dir = tempdir("generated");
     for bank in ["sha256", "sha1"] {
         let g = generate(2000, &dir, bank);
         let log = g.join("ascii");
@@ -239,7 +240,7 @@ fn keylime_policy_for(name: &str, dir: &Path) -> PathBuf {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(o.status.success());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out
 }
 
@@ -264,8 +265,7 @@ fn tolerant_toml(json: &Path, dir: &Path) -> PathBuf {
 #[test]
 #[ignore = "needs Keylime 7.14.3: set WELES_KEYLIME_PYTHON (scripts/test.sh does)"]
 fn keylime_parity_on_real_guest_logs() {
-    let dir = tempdir().join("real");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("real");
     for name in ["ima-ng-sha256", "ima-sig-sha256", "ima-legacy-sha1"] {
         let log = fixture(name).join("ascii_runtime_measurements");
         let policy = keylime_policy_for(name, &dir);
