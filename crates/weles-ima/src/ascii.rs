@@ -134,7 +134,7 @@ fn token(
     col: usize,
     what: impl FnOnce() -> String,
 ) -> Result<(&[u8], usize, &[u8]), ParseErrorKind> {
-    match line.iter().position(|b| *b == b' ') {
+    match memchr::memchr(b' ', line) {
         Some(sp) => Ok((&line[..sp], col, &line[sp + 1..])),
         None => Err(syntax(col + line.len(), format!("missing {}", what()))),
     }
@@ -207,7 +207,7 @@ fn parse_line(line: &[u8], order: ByteOrder, limits: Limits) -> Result<Entry<'_>
         }
     }
     for (k, &id) in after.iter().enumerate().rev() {
-        match rest.iter().rposition(|b| *b == b' ') {
+        match memchr::memrchr(b' ', rest) {
             Some(sp) => {
                 texts[before.len() + 1 + k] = (id, &rest[sp + 1..], col + sp + 1);
                 rest = &rest[..sp];
@@ -339,7 +339,7 @@ fn encode_digest_text(
     if text.is_empty() && id == FieldId::DModsig {
         return Ok(());
     }
-    match text.iter().rposition(|b| *b == b':') {
+    match memchr::memrchr(b':', text) {
         Some(colon) => {
             let prefix = &text[..=colon];
             if !prefix.iter().all(u8::is_ascii_graphic) {
