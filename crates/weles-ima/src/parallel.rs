@@ -279,11 +279,16 @@ where
         let r = result
             .into_inner()
             .map_err(|_| ParallelError::WorkerFailed)?;
-        debug_assert!(r.appraised || r.error.is_some() || r.entries == 0);
         total += r.violations_total;
         violations.extend(r.violations);
         if let Some(e) = r.error {
             return Err(ParallelError::Parse(e));
+        }
+        // Every entry before the first error must have been judged; a chunk that was not would
+        // mean a violation could go unreported. The scheduling above guarantees it; fail closed
+        // if it ever did not.
+        if r.entries > 0 && !r.appraised {
+            return Err(ParallelError::WorkerFailed);
         }
     }
     let (state, matches) = (chain.state, chain.matches);
