@@ -3,6 +3,8 @@
 # (TCG) with a swtpm vTPM (banks sha1+sha256) and IMA on, in several configurations.
 #
 #   scripts/capture-ima-fixtures.sh [OUT_DIR]     (default: testdata/ima)
+#   VTPM=target/debug/weles-vtpm DEVICE=tpm-crb CONFIGS=ima-ng-sha256 scripts/capture-ima-fixtures.sh OUT
+#       the same with weles-vtpm as the guest's TPM instead of swtpm (an unmanufactured TPM).
 #
 # Needs root on Debian 12. It installs swtpm, busybox-static, ima-evm-utils and gcc, and takes
 # QEMU 7.2 and the kernel from Debian with `apt-get download` + `dpkg -x` into .cache/ (installing
@@ -111,15 +113,21 @@ capture() {
   local name=$1 cmdline=$2 dir=$OUT/$1
   log "booting: $name ($cmdline)"
   rm -rf "$WORK/vtpm"; mkdir -p "$WORK/vtpm"
-  swtpm_setup --tpm2 --tpmstate "$WORK/vtpm" --create-ek-cert --pcr-banks sha1,sha256 --overwrite \
-    --config /dev/null >/dev/null 2>&1 || swtpm_setup --tpm2 --tpmstate "$WORK/vtpm" --pcr-banks sha1,sha256 --overwrite >/dev/null
-  swtpm socket --tpm2 --tpmstate dir="$WORK/vtpm" --ctrl type=unixio,path="$WORK/vtpm/sock" \
-    --pid file="$WORK/swtpm.pid" --daemon
+  if [ -n "${VTPM:-}" ]; then
+    "$VTPM" socket --tpm2 --tpmstate dir="$WORK/vtpm/state" --ctrl type=unixio,path="$WORK/vtpm/sock" \
+      --log file="$WORK/vtpm/log" --pid file="$WORK/swtpm.pid" --daemon
+    for _ in $(seq 50); do [ -S "$WORK/vtpm/sock" ] && break; sleep 0.1; done
+  else
+    swtpm_setup --tpm2 --tpmstate "$WORK/vtpm" --create-ek-cert --pcr-banks sha1,sha256 --overwrite \
+      --config /dev/null >/dev/null 2>&1 || swtpm_setup --tpm2 --tpmstate "$WORK/vtpm" --pcr-banks sha1,sha256 --overwrite >/dev/null
+    swtpm socket --tpm2 --tpmstate dir="$WORK/vtpm" --ctrl type=unixio,path="$WORK/vtpm/sock" \
+      --pid file="$WORK/swtpm.pid" --daemon
+  fi
   local t0=$SECONDS
   timeout 180 "$QEMU" -L "$CACHE/root/usr/share/qemu" -L "$CACHE/root/usr/share/seabios" -accel tcg -cpu max \
     -m 1024 -smp 1 -nographic -no-reboot -nic none \
     -chardev socket,id=chrtpm,path="$WORK/vtpm/sock" -tpmdev emulator,id=tpm0,chardev=chrtpm \
-    -device tpm-tis,tpmdev=tpm0 -kernel "$KERNEL" -initrd "$WORK/initrd.cpio.gz" \
+    -device "${DEVICE:-tpm-tis}",tpmdev=tpm0 -kernel "$KERNEL" -initrd "$WORK/initrd.cpio.gz" \
     -append "console=ttyS0 panic=-1 $cmdline" > "$WORK/console.log" 2>&1 || true
   log "  guest ran $((SECONDS - t0)) s"
   pkill -F "$WORK/swtpm.pid" 2>/dev/null || true
@@ -128,6 +136,7 @@ capture() {
   section ASCII "$WORK/console.log" | base64 -d > "$dir/ascii_runtime_measurements"
   section PCRS "$WORK/console.log" > "$dir/pcrs.txt"
   echo "$cmdline" > "$dir/cmdline.txt"
+  [ -f "$WORK/vtpm/log" ] && cp "$WORK/vtpm/log" "$dir/vtpm.log"
   if [ ! -s "$dir/binary_runtime_measurements" ] || [ ! -s "$dir/pcrs.txt" ]; then
     log "  capture failed; console tail:"; tail -30 "$WORK/console.log" >&2; return 1
   fi
@@ -135,13 +144,18 @@ capture() {
   log "  $(wc -l < "$dir/ascii_runtime_measurements") entries, $(stat -c %s "$dir/binary_runtime_measurements") bytes"
 }
 
-capture ima-ng-sha256 "ima_hash=sha256 ima_template=ima-ng"
-capture ima-sig-sha256 "ima_hash=sha256 ima_template=ima-sig"
-capture ima-sigv2-sha256 "ima_hash=sha256 ima_template=ima-sigv2"
-capture ima-legacy-sha1 "ima_hash=sha1 ima_template=ima"
+declare -A CMDLINES=(
+  [ima-ng-sha256]="ima_hash=sha256 ima_template=ima-ng"
+  [ima-sig-sha256]="ima_hash=sha256 ima_template=ima-sig"
+  [ima-sigv2-sha256]="ima_hash=sha256 ima_template=ima-sigv2"
+  [ima-legacy-sha1]="ima_hash=sha1 ima_template=ima"
+)
+for c in ${CONFIGS:-ima-ng-sha256 ima-sig-sha256 ima-sigv2-sha256 ima-legacy-sha1}; do
+  capture "$c" "${CMDLINES[$c]}"
+done
 {
   echo "Captured $(date -u +%Y-%m-%d) by scripts/capture-ima-fixtures.sh"
   echo "kernel: linux-image-$KVER (Debian), QEMU: $("$QEMU" --version | head -1), TCG"
-  echo "vTPM: $(swtpm --version | head -1), banks sha1+sha256"
+  if [ -n "${VTPM:-}" ]; then echo "vTPM: weles-vtpm ($VTPM), libtpms default banks"; else echo "vTPM: $(swtpm --version | head -1), banks sha1+sha256"; fi
 } > "$OUT/PROVENANCE.txt"
 log "done: $OUT"

@@ -1,0 +1,311 @@
+//! The TPM engine: libtpms behind one lock, with its persistent blobs in a state directory.
+//!
+//! libtpms has global state, so there is one [`Engine`] per process ([`Engine::open`] succeeds
+//! once). Every call into libtpms holds the engine lock; libtpms calls back into [`BlobStore`]
+//! (never into the engine) to load and store `permall`, `volatilestate` and `savestate`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::ffi::{
+    self, StateType, TPM_BAD_LOCALITY, TPM_BAD_ORDINAL, TPM_FAIL, TPM_SUCCESS, TpmResult,
+};
+use crate::frame;
+
+/// Blob names libtpms uses.
+pub const PERMANENT: &str = "permall";
+pub const VOLATILE: &str = "volatilestate";
+pub const SAVESTATE: &str = "savestate";
+
+/// Where blobs live: in memory, mirrored to files in the state directory (written atomically:
+/// temporary file, fsync, rename, fsync of the directory).
+pub struct BlobStore {
+    dir: Option<PathBuf>,
+    blobs: Mutex<HashMap<String, Vec<u8>>>,
+    locality: AtomicU32,
+}
+
+impl BlobStore {
+    fn path(&self, name: &str) -> Option<PathBuf> {
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("tpm2-{name}.bin")))
+    }
+
+    fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl ffi::Host for Arc<BlobStore> {
+    fn load(&self, name: &str) -> Option<Vec<u8>> {
+        if let Some(b) = self.blobs.lock().ok()?.get(name) {
+            return Some(b.clone());
+        }
+        let data = std::fs::read(self.path(name)?).ok()?;
+        self.blobs
+            .lock()
+            .ok()?
+            .insert(name.to_string(), data.clone());
+        Some(data)
+    }
+
+    fn store(&self, name: &str, data: &[u8]) -> bool {
+        if let Some(p) = self.path(name)
+            && BlobStore::write_file(&p, data).is_err()
+        {
+            return false;
+        }
+        match self.blobs.lock() {
+            Ok(mut b) => {
+                b.insert(name.to_string(), data.to_vec());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn delete(&self, name: &str) {
+        if let Ok(mut b) = self.blobs.lock() {
+            b.remove(name);
+        }
+        if let Some(p) = self.path(name) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    fn locality(&self) -> u32 {
+        self.locality.load(Ordering::Relaxed)
+    }
+}
+
+/// Why the engine could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("only one TPM engine can exist per process (libtpms has global state)")]
+    AlreadyOpen,
+    #[error("libtpms refused the callbacks (error {0:#x})")]
+    Register(TpmResult),
+    #[error("state directory {0}: {1}")]
+    StateDir(PathBuf, std::io::Error),
+}
+
+struct Inner {
+    running: bool,
+}
+
+/// The process's TPM.
+pub struct Engine {
+    inner: Mutex<Inner>,
+    store: Arc<BlobStore>,
+}
+
+static OPENED: OnceLock<()> = OnceLock::new();
+
+impl Engine {
+    /// Opens the process's engine with its state in `state_dir` (or in memory only).
+    pub fn open(state_dir: Option<&Path>) -> Result<Engine, EngineError> {
+        if OPENED.set(()).is_err() {
+            return Err(EngineError::AlreadyOpen);
+        }
+        if let Some(d) = state_dir {
+            std::fs::create_dir_all(d).map_err(|e| EngineError::StateDir(d.to_path_buf(), e))?;
+        }
+        let store = Arc::new(BlobStore {
+            dir: state_dir.map(Path::to_path_buf),
+            blobs: Mutex::new(HashMap::new()),
+            locality: AtomicU32::new(0),
+        });
+        ffi::register(Box::new(store.clone())).map_err(EngineError::Register)?;
+        Ok(Engine {
+            inner: Mutex::new(Inner { running: false }),
+            store,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic while holding it; the TPM state is still libtpms's own,
+        // so continuing is no less safe than stopping, and keeps the guest's TPM answering.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.lock().running
+    }
+
+    /// (Re)initialises the TPM (CMD_INIT / power on). `delete_volatile`: drop the volatile state
+    /// after reading it (PTM_INIT_FLAG_DELETE_VOLATILE).
+    pub fn init(&self, delete_volatile: bool) -> TpmResult {
+        let mut g = self.lock();
+        ffi::terminate();
+        g.running = false;
+        let rc = ffi::main_init();
+        if rc == TPM_SUCCESS {
+            g.running = true;
+            if delete_volatile {
+                ffi::Host::delete(&self.store, VOLATILE);
+            }
+        }
+        rc
+    }
+
+    /// Stops the TPM (CMD_STOP / CMD_SHUTDOWN); its state stays stored.
+    pub fn stop(&self) {
+        let mut g = self.lock();
+        ffi::terminate();
+        g.running = false;
+    }
+
+    /// Executes one TPM command. Malformed frames and a stopped TPM get a TPM error response.
+    pub fn process(&self, command: &[u8]) -> Vec<u8> {
+        let g = self.lock();
+        if let Err(rc) = frame::check_command(command) {
+            return frame::error_response(rc);
+        }
+        if !g.running {
+            return frame::error_response(frame::TPM_RC_FAILURE);
+        }
+        ffi::process(command).unwrap_or_else(|_| frame::error_response(frame::TPM_RC_FAILURE))
+    }
+
+    pub fn locality(&self) -> u32 {
+        self.store.locality.load(Ordering::Relaxed)
+    }
+
+    pub fn set_locality(&self, loc: u8) -> TpmResult {
+        if loc > 4 {
+            return TPM_BAD_LOCALITY;
+        }
+        let _g = self.lock();
+        self.store.locality.store(u32::from(loc), Ordering::Relaxed);
+        TPM_SUCCESS
+    }
+
+    pub fn established(&self) -> Result<bool, TpmResult> {
+        let g = self.lock();
+        if !g.running {
+            return Err(TPM_BAD_ORDINAL);
+        }
+        ffi::established_get()
+    }
+
+    /// Resets the TPM-established flag as if from locality `loc` (it requires locality 3 or 4).
+    pub fn reset_established(&self, loc: u8) -> TpmResult {
+        if loc > 4 {
+            return TPM_BAD_LOCALITY;
+        }
+        let g = self.lock();
+        if !g.running {
+            return TPM_BAD_ORDINAL;
+        }
+        let before = self.store.locality.swap(u32::from(loc), Ordering::Relaxed);
+        let rc = ffi::established_reset();
+        self.store.locality.store(before, Ordering::Relaxed);
+        rc
+    }
+
+    pub fn hash_start(&self) -> TpmResult {
+        self.running_then(ffi::hash_start)
+    }
+
+    pub fn hash_data(&self, data: &[u8]) -> TpmResult {
+        self.running_then(|| ffi::hash_data(data))
+    }
+
+    pub fn hash_end(&self) -> TpmResult {
+        self.running_then(ffi::hash_end)
+    }
+
+    pub fn cancel(&self) -> TpmResult {
+        // Commands run to completion under the lock; there is nothing in flight to cancel.
+        if self.is_running() {
+            TPM_FAIL
+        } else {
+            TPM_BAD_ORDINAL
+        }
+    }
+
+    /// Writes the volatile state (CMD_STORE_VOLATILE), so a restart resumes from it.
+    pub fn store_volatile(&self) -> TpmResult {
+        let g = self.lock();
+        if !g.running {
+            return TPM_BAD_ORDINAL;
+        }
+        match ffi::volatile_all_store() {
+            Ok(blob) if ffi::Host::store(&self.store, VOLATILE, &blob) => TPM_SUCCESS,
+            Ok(_) => ffi::TPM_IOERROR,
+            Err(rc) => rc,
+        }
+    }
+
+    /// A state blob for migration (CMD_GET_STATEBLOB): 1 permanent, 2 volatile, 3 savestate.
+    pub fn get_state_blob(&self, kind: u32) -> Result<Vec<u8>, TpmResult> {
+        let st = state_type(kind)?;
+        let _g = self.lock();
+        if st == StateType::Volatile {
+            // As swtpm: the volatile blob is produced now and not kept.
+            return ffi::volatile_all_store();
+        }
+        ffi::get_state(st)
+    }
+
+    /// Installs a state blob (CMD_SET_STATEBLOB); only while the TPM is stopped.
+    pub fn set_state_blob(&self, kind: u32, data: &[u8]) -> TpmResult {
+        let Ok(st) = state_type(kind) else {
+            return ffi::TPM_BAD_PARAMETER;
+        };
+        let g = self.lock();
+        if g.running {
+            return TPM_BAD_ORDINAL;
+        }
+        let name = match st {
+            StateType::Permanent => PERMANENT,
+            StateType::Volatile => VOLATILE,
+            StateType::SaveState => SAVESTATE,
+        };
+        let rc = ffi::set_state(st, data);
+        if rc == TPM_SUCCESS && !ffi::Host::store(&self.store, name, data) {
+            return ffi::TPM_IOERROR;
+        }
+        rc
+    }
+
+    /// (in use, min, max) after asking for `wanted` bytes (0 queries); refused while running.
+    pub fn set_buffer_size(&self, wanted: u32) -> Result<(u32, u32, u32), TpmResult> {
+        let g = self.lock();
+        if wanted > 0 && g.running {
+            return Err(TPM_BAD_ORDINAL);
+        }
+        Ok(ffi::set_buffer_size(wanted))
+    }
+
+    pub fn info(&self, flags: u32) -> Option<String> {
+        let _g = self.lock();
+        ffi::get_info(flags)
+    }
+
+    fn running_then(&self, f: impl FnOnce() -> TpmResult) -> TpmResult {
+        let g = self.lock();
+        if g.running { f() } else { TPM_BAD_ORDINAL }
+    }
+}
+
+fn state_type(kind: u32) -> Result<StateType, TpmResult> {
+    match kind {
+        1 => Ok(StateType::Permanent),
+        2 => Ok(StateType::Volatile),
+        3 => Ok(StateType::SaveState),
+        _ => Err(ffi::TPM_BAD_PARAMETER),
+    }
+}

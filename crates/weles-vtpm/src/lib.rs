@@ -1,0 +1,20 @@
+//! weles-vtpm: one VM's TPM 2.0, the libtpms engine behind swtpm's socket interface.
+//!
+//! - [`ffi`]: libtpms and `SCM_RIGHTS` (the crate's only `unsafe` code).
+//! - [`engine`]: the process's TPM, serialised, with its blobs in the state directory.
+//! - [`frame`]: TPM command framing on the data channel.
+//! - [`ctrl`]: swtpm's control-channel protocol (what QEMU's `-tpmdev emulator` speaks).
+//! - [`server`]: the sockets.
+//! - [`options`]: swtpm's command-line spelling (`--server type=tcp,port=...`).
+//!
+//! The wire formats are documented in `docs/vtpm-protocol.md`.
+
+#![deny(unsafe_code)]
+
+pub mod ctrl;
+pub mod engine;
+pub mod ffi;
+pub mod frame;
+pub mod log;
+pub mod options;
+pub mod server;

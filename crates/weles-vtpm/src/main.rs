@@ -1,0 +1,147 @@
+//! `weles-vtpm`: a VM's TPM 2.0 for QEMU, libvirt and tpm2-tools, started like swtpm.
+//!
+//!     weles-vtpm socket --tpm2 --ctrl type=unixio,path=/run/vm1/tpm.sock --tpmstate dir=/var/lib/vm1
+//!     weles-vtpm socket --tpm2 --server type=tcp,port=2321,bindaddr=127.0.0.1 \
+//!         --ctrl type=tcp,port=2322,bindaddr=127.0.0.1 --flags not-need-init,startup-clear --tpmstate dir=D
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use weles_vtpm::engine::Engine;
+use weles_vtpm::{log, options, server};
+
+/// A VM's TPM 2.0 (libtpms), driven like swtpm: QEMU `-tpmdev emulator`, libvirt, tpm2-tools.
+#[derive(Parser)]
+#[command(name = "weles-vtpm", version, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Serve the TPM on sockets (swtpm's `socket` mode).
+    ///
+    /// QEMU: `-chardev socket,id=chrtpm,path=SOCK -tpmdev emulator,id=tpm0,chardev=chrtpm
+    /// -device tpm-crb,tpmdev=tpm0` with `--ctrl type=unixio,path=SOCK`.
+    Socket(SocketArgs),
+}
+
+#[derive(clap::Args)]
+struct SocketArgs {
+    /// Emulate a TPM 2.0 (required: TPM 1.2 is not offered).
+    #[arg(long)]
+    tpm2: bool,
+    /// Data channel: type=tcp,port=N[,bindaddr=A] or type=unixio,path=P.
+    #[arg(long, value_name = "SPEC")]
+    server: Option<String>,
+    /// Control channel: type=tcp,port=N[,bindaddr=A] or type=unixio,path=P.
+    #[arg(long, value_name = "SPEC")]
+    ctrl: Option<String>,
+    /// not-need-init (initialise at start), startup-clear | startup-state | startup-none.
+    #[arg(long, value_name = "FLAGS")]
+    flags: Option<String>,
+    /// dir=PATH: where the TPM's state is kept.
+    #[arg(long, value_name = "SPEC")]
+    tpmstate: String,
+    /// file=PATH[,level=N]: log to a file instead of stderr.
+    #[arg(long, value_name = "SPEC")]
+    log: Option<String>,
+    /// file=PATH: write the process id there.
+    #[arg(long, value_name = "SPEC")]
+    pid: Option<String>,
+    /// Run in the background.
+    #[arg(long)]
+    daemon: bool,
+}
+
+fn run(a: SocketArgs) -> anyhow::Result<()> {
+    if !a.tpm2 {
+        anyhow::bail!("weles-vtpm emulates a TPM 2.0 only: add --tpm2");
+    }
+    let server = a
+        .server
+        .as_deref()
+        .map(|s| options::endpoint("--server", s))
+        .transpose()?;
+    let ctrl = a
+        .ctrl
+        .as_deref()
+        .map(|s| options::endpoint("--ctrl", s))
+        .transpose()?;
+    if server.is_none() && ctrl.is_none() {
+        anyhow::bail!("give --ctrl (for QEMU) and/or --server (for tools)");
+    }
+    let (init_at_start, startup) = a
+        .flags
+        .as_deref()
+        .map(options::flags)
+        .transpose()?
+        .unwrap_or((false, None));
+    let state_dir = options::tpmstate(&a.tpmstate)?;
+    let log_file = a
+        .log
+        .as_deref()
+        .map(|l| options::file("--log", l))
+        .transpose()?
+        .flatten();
+    let pid_file = a
+        .pid
+        .as_deref()
+        .map(|p| options::file("--pid", p))
+        .transpose()?
+        .flatten();
+
+    if a.daemon {
+        // Re-run ourselves without --daemon, detached, and return once it started.
+        let args: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|x| x != "--daemon")
+            .collect();
+        let exe = std::env::current_exe()?;
+        std::process::Command::new(exe)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        return Ok(());
+    }
+    log::init(log_file.as_deref())?;
+    if let Some(p) = &pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id()))?;
+    }
+    let engine = Arc::new(Engine::open(Some(&state_dir))?);
+    log::line(&format!("state in {}", state_dir.display()));
+    server::run(
+        engine,
+        server::Options {
+            ctrl,
+            server,
+            init_at_start,
+            startup,
+        },
+    )
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Mode::Socket(a) = cli.mode;
+    match run(a) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weles-vtpm: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,366 @@
+//! The control channel and the data channel, on Unix or TCP sockets, as swtpm serves them.
+//!
+//! - Control: one client at a time; requests of [`crate::ctrl`]. On a Unix socket a request may
+//!   carry a file descriptor (`SCM_RIGHTS`): CMD_SET_DATAFD hands over the data channel, which is
+//!   how QEMU's `-tpmdev emulator` connects. When that channel closes the process ends, as swtpm
+//!   does, so the next VM start gets a fresh process.
+//! - Data: TPM command frames back to back (`--server`, or the descriptor from SET_DATAFD).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::ctrl::{self, CtrlError, Request, Response};
+use crate::engine::Engine;
+use crate::ffi::{self, TPM_BAD_ORDINAL, TPM_BAD_PARAMETER, TPM_IOERROR, TPM_SUCCESS};
+use crate::{frame, log};
+
+/// Where a channel listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp { bind: String, port: u16 },
+    Unix(PathBuf),
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// A connected stream of either kind.
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_read_timeout(&self, d: Option<Duration>) {
+        let _ = match self {
+            Stream::Tcp(s) => s.set_read_timeout(d),
+            Stream::Unix(s) => s.set_read_timeout(d),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Listener {
+    fn bind(ep: &Endpoint) -> std::io::Result<Listener> {
+        Ok(match ep {
+            Endpoint::Tcp { bind, port } => {
+                Listener::Tcp(TcpListener::bind((bind.as_str(), *port))?)
+            }
+            Endpoint::Unix(path) => {
+                // A stale socket file from an earlier run would make bind fail.
+                if path.exists() {
+                    std::fs::remove_file(path)?;
+                }
+                Listener::Unix(UnixListener::bind(path)?)
+            }
+        })
+    }
+
+    fn accept(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }
+            Listener::Unix(l) => Stream::Unix(l.accept()?.0),
+        })
+    }
+}
+
+/// How the process behaves, from swtpm's options.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub ctrl: Option<Endpoint>,
+    pub server: Option<Endpoint>,
+    /// `--flags not-need-init`: initialise the TPM at start instead of waiting for CMD_INIT.
+    pub init_at_start: bool,
+    /// `--flags startup-clear|startup-state`: send TPM2_Startup after initialising.
+    pub startup: Option<bool>,
+}
+
+/// Runs until CMD_SHUTDOWN, or until a data channel handed over by SET_DATAFD closes.
+pub fn run(engine: Arc<Engine>, opts: Options) -> anyhow::Result<()> {
+    if opts.init_at_start {
+        start_tpm(&engine, opts.startup)?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    if let Some(ep) = &opts.server {
+        let listener = Listener::bind(ep).map_err(|e| anyhow::anyhow!("--server {ep:?}: {e}"))?;
+        let engine = engine.clone();
+        threads.push(std::thread::spawn(move || {
+            while let Ok(stream) = listener.accept() {
+                serve_data(&engine, stream);
+            }
+        }));
+    }
+    if let Some(ep) = &opts.ctrl {
+        let listener = Listener::bind(ep).map_err(|e| anyhow::anyhow!("--ctrl {ep:?}: {e}"))?;
+        let (engine, stop) = (engine.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            while let Ok(stream) = listener.accept() {
+                serve_ctrl(&engine, stream, &stop);
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        }));
+    }
+    log::line(&format!(
+        "ready (ctrl {:?}, server {:?})",
+        opts.ctrl, opts.server
+    ));
+    for t in threads {
+        let _ = t.join();
+    }
+    engine.stop();
+    Ok(())
+}
+
+fn start_tpm(engine: &Engine, startup: Option<bool>) -> anyhow::Result<()> {
+    let rc = engine.init(false);
+    if rc != TPM_SUCCESS {
+        anyhow::bail!(
+            "the TPM did not initialise (libtpms error {rc:#x}); is the state directory from another TPM?"
+        );
+    }
+    if let Some(clear) = startup {
+        let resp = engine.process(&frame::startup(clear));
+        let rc = frame::code(&resp).unwrap_or(u32::MAX);
+        // TPM_RC_INITIALIZE (0x100): already started from the resumed state; not an error.
+        if rc != 0 && rc != 0x100 {
+            anyhow::bail!("TPM2_Startup failed: {rc:#x}");
+        }
+        log::line(&format!(
+            "TPM2_Startup({}) -> {rc:#x}",
+            if clear { "CLEAR" } else { "STATE" }
+        ));
+    }
+    Ok(())
+}
+
+/// Serves TPM command frames until the peer closes or sends a frame that cannot be delimited.
+pub fn serve_data(engine: &Engine, mut stream: Stream) {
+    loop {
+        let mut header = [0u8; frame::HEADER];
+        // Wait as long as it takes for a command to start; a started one must complete quickly.
+        stream.set_read_timeout(None);
+        match stream.read(&mut header[..1]) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        stream.set_read_timeout(Some(Duration::from_secs(10)));
+        if stream.read_exact(&mut header[1..]).is_err() {
+            return;
+        }
+        let size = match frame::frame_size(&header) {
+            Ok(s) => s,
+            Err(rc) => {
+                log::line(&format!(
+                    "data channel: undelimitable command (size field {:?}); closing",
+                    &header[2..6]
+                ));
+                let _ = stream.write_all(&frame::error_response(rc));
+                return;
+            }
+        };
+        let mut command = vec![0u8; size];
+        command[..frame::HEADER].copy_from_slice(&header);
+        if stream.read_exact(&mut command[frame::HEADER..]).is_err() {
+            log::line("data channel: truncated command; closing");
+            return;
+        }
+        let response = engine.process(&command);
+        if stream.write_all(&response).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one control request (and a passed descriptor, on Unix sockets); `None` at EOF or on a
+/// stalled partial request.
+fn read_request(
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+) -> Option<(Result<Request, CtrlError>, Option<std::os::fd::OwnedFd>)> {
+    let mut passed = None;
+    let mut chunk = vec![0u8; 8192];
+    stream.set_read_timeout(None);
+    loop {
+        match ctrl::parse(buf) {
+            Ok((req, used)) => {
+                buf.drain(..used);
+                return Some((Ok(req), passed));
+            }
+            Err(e @ CtrlError::Invalid { .. }) => {
+                buf.clear();
+                return Some((Err(e), passed));
+            }
+            Err(CtrlError::Incomplete { .. }) => {}
+        }
+        let n = match stream {
+            Stream::Unix(s) => match ffi::recv_with_fd(s.as_raw_fd(), &mut chunk) {
+                Ok((n, fd)) => {
+                    if fd.is_some() {
+                        passed = fd;
+                    }
+                    n
+                }
+                Err(_) => return None,
+            },
+            Stream::Tcp(s) => s.read(&mut chunk).ok()?,
+        };
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        // The rest of a started request must follow promptly (swtpm allows 500 ms).
+        stream.set_read_timeout(Some(Duration::from_millis(500)));
+    }
+}
+
+fn serve_ctrl(engine: &Arc<Engine>, mut stream: Stream, stop: &AtomicBool) {
+    let mut buf = Vec::new();
+    while let Some((req, fd)) = read_request(&mut stream, &mut buf) {
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => {
+                log::line(&format!("control channel: {e}"));
+                let _ = stream.write_all(&Response::result(TPM_BAD_PARAMETER).0);
+                return;
+            }
+        };
+        let running = engine.is_running();
+        let not_running = Response::result(TPM_BAD_ORDINAL);
+        let response = match req {
+            Request::GetCapability => Response(ctrl::CAPABILITIES.to_be_bytes().to_vec()),
+            Request::Init { flags } => Response::result(engine.init(flags & 1 != 0)),
+            Request::Stop => {
+                engine.stop();
+                Response::result(TPM_SUCCESS)
+            }
+            Request::Shutdown => {
+                engine.stop();
+                let _ = stream.write_all(&Response::result(TPM_SUCCESS).0);
+                log::line("CMD_SHUTDOWN: exiting");
+                stop.store(true, Ordering::Relaxed);
+                std::process::exit(0);
+            }
+            Request::GetTpmEstablished => match engine.established() {
+                Ok(bit) => Response::result(TPM_SUCCESS).bytes(&[u8::from(bit), 0, 0, 0]),
+                Err(rc) => Response::result(rc).bytes(&[0, 0, 0, 0]),
+            },
+            Request::SetLocality { locality } => Response::result(engine.set_locality(locality)),
+            Request::ResetTpmEstablished { locality } => {
+                Response::result(engine.reset_established(locality))
+            }
+            Request::HashStart => Response::result(engine.hash_start()),
+            Request::HashData { data } => Response::result(engine.hash_data(&data)),
+            Request::HashEnd => Response::result(engine.hash_end()),
+            Request::CancelTpmCmd => Response::result(engine.cancel()),
+            Request::StoreVolatile => Response::result(engine.store_volatile()),
+            Request::GetStateBlob { kind, offset, .. } if running => {
+                match engine.get_state_blob(kind) {
+                    Ok(blob) => {
+                        let rest = blob.get(offset as usize..).unwrap_or(&[]);
+                        Response::result(TPM_SUCCESS)
+                            .u32(0)
+                            .u32(rest.len() as u32)
+                            .u32(rest.len() as u32)
+                            .bytes(rest)
+                    }
+                    Err(rc) => Response::result(rc).u32(0).u32(0).u32(0),
+                }
+            }
+            Request::GetStateBlob { .. } => not_running.u32(0).u32(0).u32(0),
+            Request::SetStateBlob { flags, kind, data } => {
+                if flags & 2 != 0 {
+                    // Blobs encrypted with a swtpm migration key: we hold no such key.
+                    Response::result(TPM_BAD_PARAMETER)
+                } else {
+                    Response::result(engine.set_state_blob(kind, &data))
+                }
+            }
+            Request::GetConfig => Response::result(TPM_SUCCESS).u32(0),
+            Request::SetDataFd => match fd {
+                Some(fd) => {
+                    let data = Stream::Unix(UnixStream::from(fd));
+                    let engine = engine.clone();
+                    std::thread::spawn(move || {
+                        serve_data(&engine, data);
+                        // As swtpm: the VM is gone; a new start gets a new process.
+                        log::line("data channel closed: exiting");
+                        engine.stop();
+                        std::process::exit(0);
+                    });
+                    Response::result(TPM_SUCCESS)
+                }
+                None => Response::result(TPM_BAD_PARAMETER),
+            },
+            Request::SetBufferSize { size } => match engine.set_buffer_size(size) {
+                Ok((in_use, min, max)) => {
+                    Response::result(TPM_SUCCESS).u32(in_use).u32(min).u32(max)
+                }
+                Err(rc) => Response::result(rc),
+            },
+            Request::GetInfo { flags, offset } => match engine.info(flags as u32) {
+                Some(info) => {
+                    let mut bytes = info.into_bytes();
+                    bytes.push(0);
+                    // As swtpm: an offset at or past the terminating NUL is an error.
+                    match bytes.get(offset as usize..).filter(|rest| rest.len() > 1) {
+                        Some(rest) => {
+                            let chunk = &rest[..rest.len().min(ctrl::GETINFO_CHUNK)];
+                            Response::result(TPM_SUCCESS)
+                                .u32(bytes.len() as u32)
+                                .u32(chunk.len() as u32)
+                                .bytes(chunk)
+                        }
+                        None => Response::result(TPM_BAD_PARAMETER),
+                    }
+                }
+                None => Response::result(TPM_IOERROR),
+            },
+            Request::Unknown(code) => {
+                log::line(&format!("control channel: unknown command {code:#x}"));
+                Response::result(TPM_BAD_ORDINAL)
+            }
+        };
+        if stream.write_all(&response.0).is_err() {
+            return;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
