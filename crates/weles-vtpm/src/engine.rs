@@ -2,10 +2,10 @@
 //!
 //! libtpms has global state, so there is one [`Engine`] per process ([`Engine::open`] succeeds
 //! once). Every call into libtpms holds the engine lock; libtpms calls back into [`BlobStore`]
-//! (never into the engine) to load and store `permall`, `volatilestate` and `savestate`.
+//! (never into the engine) to load and store `permall`, `volatilestate` and `savestate`, which
+//! are kept sealed by [`crate::sealed`].
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -13,75 +13,60 @@ use crate::ffi::{
     self, StateType, TPM_BAD_LOCALITY, TPM_BAD_ORDINAL, TPM_FAIL, TPM_SUCCESS, TpmResult,
 };
 use crate::frame;
+use crate::sealed::{SealedState, StateError};
 
 /// Blob names libtpms uses.
 pub const PERMANENT: &str = "permall";
 pub const VOLATILE: &str = "volatilestate";
 pub const SAVESTATE: &str = "savestate";
 
-/// Where blobs live: in memory, mirrored to files in the state directory (written atomically:
-/// temporary file, fsync, rename, fsync of the directory).
+/// Where blobs live: in memory, sealed to the state directory on every change.
 pub struct BlobStore {
-    dir: Option<PathBuf>,
-    blobs: Mutex<HashMap<String, Vec<u8>>>,
+    sealed: Mutex<Option<SealedState>>,
+    blobs: Mutex<BTreeMap<String, Vec<u8>>>,
     locality: AtomicU32,
 }
 
 impl BlobStore {
-    fn path(&self, name: &str) -> Option<PathBuf> {
-        self.dir
-            .as_ref()
-            .map(|d| d.join(format!("tpm2-{name}.bin")))
-    }
-
-    fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
+    /// Persists the current blobs; `false` makes libtpms fail the command (fail closed).
+    fn persist(&self, blobs: &BTreeMap<String, Vec<u8>>) -> bool {
+        let Ok(mut sealed) = self.sealed.lock() else {
+            return false;
+        };
+        match sealed.as_mut() {
+            None => true,
+            Some(s) => match s.store(blobs) {
+                Ok(()) => true,
+                Err(e) => {
+                    crate::log::line(&format!("cannot store the TPM state: {e}"));
+                    false
+                }
+            },
         }
-        Ok(())
     }
 }
 
 impl ffi::Host for Arc<BlobStore> {
     fn load(&self, name: &str) -> Option<Vec<u8>> {
-        if let Some(b) = self.blobs.lock().ok()?.get(name) {
-            return Some(b.clone());
-        }
-        let data = std::fs::read(self.path(name)?).ok()?;
-        self.blobs
-            .lock()
-            .ok()?
-            .insert(name.to_string(), data.clone());
-        Some(data)
+        self.blobs.lock().ok()?.get(name).cloned()
     }
 
     fn store(&self, name: &str, data: &[u8]) -> bool {
-        if let Some(p) = self.path(name)
-            && BlobStore::write_file(&p, data).is_err()
-        {
+        let Ok(mut blobs) = self.blobs.lock() else {
             return false;
+        };
+        if blobs.get(name).is_some_and(|b| b == data) {
+            return true;
         }
-        match self.blobs.lock() {
-            Ok(mut b) => {
-                b.insert(name.to_string(), data.to_vec());
-                true
-            }
-            Err(_) => false,
-        }
+        blobs.insert(name.to_string(), data.to_vec());
+        self.persist(&blobs)
     }
 
     fn delete(&self, name: &str) {
-        if let Ok(mut b) = self.blobs.lock() {
-            b.remove(name);
-        }
-        if let Some(p) = self.path(name) {
-            let _ = std::fs::remove_file(p);
+        if let Ok(mut blobs) = self.blobs.lock()
+            && blobs.remove(name).is_some()
+        {
+            self.persist(&blobs);
         }
     }
 
@@ -97,8 +82,8 @@ pub enum EngineError {
     AlreadyOpen,
     #[error("libtpms refused the callbacks (error {0:#x})")]
     Register(TpmResult),
-    #[error("state directory {0}: {1}")]
-    StateDir(PathBuf, std::io::Error),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 struct Inner {
@@ -114,17 +99,20 @@ pub struct Engine {
 static OPENED: OnceLock<()> = OnceLock::new();
 
 impl Engine {
-    /// Opens the process's engine with its state in `state_dir` (or in memory only).
-    pub fn open(state_dir: Option<&Path>) -> Result<Engine, EngineError> {
+    /// Opens the process's engine. With `state`, blobs are loaded from it (refusing rolled-back,
+    /// foreign or tampered state) and sealed to it on every change; without, they stay in memory.
+    pub fn open(state: Option<SealedState>) -> Result<Engine, EngineError> {
         if OPENED.set(()).is_err() {
             return Err(EngineError::AlreadyOpen);
         }
-        if let Some(d) = state_dir {
-            std::fs::create_dir_all(d).map_err(|e| EngineError::StateDir(d.to_path_buf(), e))?;
-        }
+        let mut state = state;
+        let blobs = match state.as_mut() {
+            Some(s) => s.load()?,
+            None => BTreeMap::new(),
+        };
         let store = Arc::new(BlobStore {
-            dir: state_dir.map(Path::to_path_buf),
-            blobs: Mutex::new(HashMap::new()),
+            sealed: Mutex::new(state),
+            blobs: Mutex::new(blobs),
             locality: AtomicU32::new(0),
         });
         ffi::register(Box::new(store.clone())).map_err(EngineError::Register)?;

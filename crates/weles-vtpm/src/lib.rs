@@ -4,6 +4,7 @@
 //! - [`engine`]: the process's TPM, serialised, with its blobs in the state directory.
 //! - [`frame`]: TPM command framing on the data channel.
 //! - [`ctrl`]: swtpm's control-channel protocol (what QEMU's `-tpmdev emulator` speaks).
+//! - [`sealed`]: the state at rest, sealed and rollback-protected.
 //! - [`server`]: the sockets.
 //! - [`options`]: swtpm's command-line spelling (`--server type=tcp,port=...`).
 //!
@@ -15,6 +16,9 @@ pub mod ctrl;
 pub mod engine;
 pub mod ffi;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod log;
 pub mod options;
+pub mod sealed;
 pub mod server;

@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
 use weles_vtpm::engine::Engine;
+use weles_vtpm::sealed::{FileCounter, SealedState, SimSealing};
 use weles_vtpm::{log, options, server};
 
 /// A VM's TPM 2.0 (libtpms), driven like swtpm: QEMU `-tpmdev emulator`, libvirt, tpm2-tools.
@@ -54,6 +57,18 @@ struct SocketArgs {
     /// Run in the background.
     #[arg(long)]
     daemon: bool,
+    /// WELES: this vTPM's identity, bound into its sealed state (default: one created in the
+    /// state directory on first start). The manager passes the VM id.
+    #[arg(long, value_name = "ID")]
+    vtpm_id: Option<String>,
+    /// WELES: sealing provider for the state: sim[,keyfile=PATH] (default: sim with a key file
+    /// created in the state directory; it protects nothing from the host's root).
+    #[arg(long, value_name = "SPEC", default_value = "sim")]
+    seal: String,
+    /// WELES: where the newest state version is recorded (rollback protection):
+    /// file=PATH (default: a file in the state directory; development only).
+    #[arg(long, value_name = "SPEC")]
+    monotonic: Option<String>,
 }
 
 fn run(a: SocketArgs) -> anyhow::Result<()> {
@@ -111,8 +126,45 @@ fn run(a: SocketArgs) -> anyhow::Result<()> {
     if let Some(p) = &pid_file {
         std::fs::write(p, format!("{}\n", std::process::id()))?;
     }
-    let engine = Arc::new(Engine::open(Some(&state_dir))?);
-    log::line(&format!("state in {}", state_dir.display()));
+    std::fs::create_dir_all(&state_dir)?;
+    let identity = match a.vtpm_id {
+        Some(id) => id,
+        None => identity_in(&state_dir)?,
+    };
+    let seal = options::key_values("--seal", &a.seal)?;
+    if !seal.contains_key("sim") {
+        anyhow::bail!(
+            "--seal {:?}: only the sim provider exists yet (sim[,keyfile=PATH])",
+            a.seal
+        );
+    }
+    let key_file = seal
+        .get("keyfile")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| state_dir.join("seal.key"));
+    let (provider, created) = SimSealing::open(&key_file)?;
+    if created {
+        log::line(&format!(
+            "created a sim sealing key at {} (sim: protected only by file permissions, not by a TEE)",
+            key_file.display()
+        ));
+    }
+    let counter_file = match a.monotonic.as_deref() {
+        Some(m) => options::file("--monotonic", m)?
+            .ok_or_else(|| anyhow::anyhow!("--monotonic needs file=PATH"))?,
+        None => state_dir.join("version.counter"),
+    };
+    let state = SealedState::new(
+        &state_dir,
+        &identity,
+        Box::new(provider),
+        Box::new(FileCounter::new(&counter_file)),
+    );
+    let engine = Arc::new(Engine::open(Some(state))?);
+    log::line(&format!(
+        "vTPM {identity:?}: sealed state in {}",
+        state_dir.display()
+    ));
     server::run(
         engine,
         server::Options {
@@ -122,6 +174,19 @@ fn run(a: SocketArgs) -> anyhow::Result<()> {
             startup,
         },
     )
+}
+
+/// The identity kept in the state directory, created on first start.
+fn identity_in(dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = dir.join("identity");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Ok(id.trim().to_string());
+    }
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, format!("{id}\n"))?;
+    Ok(id)
 }
 
 fn main() -> ExitCode {
