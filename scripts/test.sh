@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs all of them: format, lints, unit/integration/property
-# tests, fuzz-corpus replay, interop with the real ssh-keygen and openssl, and verdict parity with
-# Keylime 7.14.3 (installed from PyPI into .cache/keylime-venv).
+# tests, fuzz-corpus replay, interop with the real ssh-keygen, openssl and tpm2-tools, verdict
+# parity with Keylime 7.14.3 (installed from PyPI into .cache/keylime-venv), and a QEMU guest
+# (Debian's kernel, fetched into .cache/vm) whose TPM is weles-vtpm.
 #
 #   bash scripts/test.sh          (Debian 12, as root; README Quickstart, and what CI runs)
 set -euo pipefail
@@ -10,7 +11,8 @@ cd "$ROOT"
 . scripts/lib/setup.sh
 
 ensure_rust
-ensure_packages openssh-client openssl coreutils python3
+# libtpms-dev: weles-vtpm links libtpms. tpm2-tools + the swtpm TCTI: interop tests.
+ensure_packages openssh-client openssl coreutils python3 libtpms-dev tpm2-tools libtss2-tcti-swtpm0
 start=$SECONDS
 
 log "cargo fmt --check"
@@ -21,4 +23,6 @@ log "cargo test (workspace)"
 cargo test --workspace --locked
 log "Keylime verdict parity"
 WELES_KEYLIME_PYTHON=$(keylime_python) cargo test --locked -p weles-cli --test keylime_parity -- --ignored
+log "QEMU guest with weles-vtpm as its TPM"
+cargo test --locked -p weles-vtpm --test qemu_guest -- --ignored
 log "all tests passed in $((SECONDS - start)) s"
