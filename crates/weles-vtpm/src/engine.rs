@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::events::{BankDigest, Event, EventLog};
 use crate::ffi::{
     self, StateType, TPM_BAD_LOCALITY, TPM_BAD_ORDINAL, TPM_FAIL, TPM_SUCCESS, TpmResult,
 };
-use crate::frame;
 use crate::sealed::{SealedState, StateError};
+use crate::{frame, tpm_cmd};
 
 /// Blob names libtpms uses.
 pub const PERMANENT: &str = "permall";
@@ -94,9 +95,13 @@ struct Inner {
 pub struct Engine {
     inner: Mutex<Inner>,
     store: Arc<BlobStore>,
+    events: Arc<EventLog>,
 }
 
 static OPENED: OnceLock<()> = OnceLock::new();
+
+/// Events kept for a listener that reconnects (an IMA-heavy boot extends a few thousand times).
+pub const EVENT_RING: usize = 65_536;
 
 impl Engine {
     /// Opens the process's engine. With `state`, blobs are loaded from it (refusing rolled-back,
@@ -119,6 +124,7 @@ impl Engine {
         Ok(Engine {
             inner: Mutex::new(Inner { running: false }),
             store,
+            events: Arc::new(EventLog::new(EVENT_RING)),
         })
     }
 
@@ -141,6 +147,7 @@ impl Engine {
         let rc = ffi::main_init();
         if rc == TPM_SUCCESS {
             g.running = true;
+            self.events.push(Event::Init);
             if delete_volatile {
                 ffi::Host::delete(&self.store, VOLATILE);
             }
@@ -152,7 +159,15 @@ impl Engine {
     pub fn stop(&self) {
         let mut g = self.lock();
         ffi::terminate();
+        if g.running {
+            self.events.push(Event::Stop);
+        }
         g.running = false;
+    }
+
+    /// The event stream.
+    pub fn events(&self) -> &Arc<EventLog> {
+        &self.events
     }
 
     /// Executes one TPM command. Malformed frames and a stopped TPM get a TPM error response.
@@ -164,7 +179,102 @@ impl Engine {
         if !g.running {
             return frame::error_response(frame::TPM_RC_FAILURE);
         }
-        ffi::process(command).unwrap_or_else(|_| frame::error_response(frame::TPM_RC_FAILURE))
+        let response =
+            ffi::process(command).unwrap_or_else(|_| frame::error_response(frame::TPM_RC_FAILURE));
+        if tpm_cmd::response_code(&response) == Some(0) {
+            self.record(command, &response);
+        }
+        response
+    }
+
+    /// Records the event of a successful command that changed PCRs or the power state.
+    /// Runs under the engine lock, right after the command: events are in execution order.
+    fn record(&self, command: &[u8], response: &[u8]) {
+        let event = match frame::code(command) {
+            Some(tpm_cmd::CC_PCR_EXTEND) => {
+                let Some(pcr) = tpm_cmd::pcr_handle(command) else {
+                    return;
+                };
+                let digests = tpm_cmd::extend_digests(command)
+                    .map(|(_, d)| d)
+                    .unwrap_or_default();
+                Event::Extend {
+                    pcr,
+                    digests: named(digests),
+                    pcrs: self.pcr_values(pcr),
+                }
+            }
+            Some(tpm_cmd::CC_PCR_EVENT) => {
+                let Some(pcr) = tpm_cmd::pcr_handle(command) else {
+                    return;
+                };
+                let digests = tpm_cmd::event_response_digests(response).unwrap_or_default();
+                Event::Extend {
+                    pcr,
+                    digests: named(digests),
+                    pcrs: self.pcr_values(pcr),
+                }
+            }
+            Some(tpm_cmd::CC_PCR_RESET) => {
+                let Some(pcr) = tpm_cmd::pcr_handle(command) else {
+                    return;
+                };
+                Event::Reset {
+                    pcr,
+                    pcrs: self.pcr_values(pcr),
+                }
+            }
+            Some(tpm_cmd::CC_STARTUP) => Event::Startup {
+                clear: tpm_cmd::su_clear(command).unwrap_or(true),
+            },
+            Some(tpm_cmd::CC_SHUTDOWN) => Event::Shutdown {
+                state: tpm_cmd::su_clear(command) == Some(false),
+            },
+            _ => return,
+        };
+        self.events.push(event);
+    }
+
+    /// One PCR in every allocated bank (caller holds the lock).
+    fn pcr_values(&self, pcr: u32) -> Vec<BankDigest> {
+        ffi::process(&tpm_cmd::pcr_read(pcr))
+            .ok()
+            .and_then(|r| tpm_cmd::parse_pcr_read(&r))
+            .map(named)
+            .unwrap_or_default()
+    }
+
+    /// Management: one PCR in every allocated bank, between guest commands.
+    pub fn read_pcrs(&self, pcr: u32) -> Result<Vec<BankDigest>, String> {
+        let g = self.lock();
+        if !g.running {
+            return Err("the TPM is not running".into());
+        }
+        if pcr >= 24 {
+            return Err(format!("PCR {pcr} does not exist"));
+        }
+        Ok(self.pcr_values(pcr))
+    }
+
+    /// Management: (public area, name) of a persistent object, between guest commands.
+    pub fn read_public(&self, handle: u32) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let g = self.lock();
+        if !g.running {
+            return Err("the TPM is not running".into());
+        }
+        if handle >> 24 != 0x81 {
+            return Err(format!(
+                "{handle:#010x} is not a persistent handle (0x81xxxxxx)"
+            ));
+        }
+        let resp = ffi::process(&tpm_cmd::read_public(handle))
+            .map_err(|rc| format!("libtpms error {rc:#x}"))?;
+        tpm_cmd::parse_read_public(&resp).ok_or_else(|| {
+            format!(
+                "TPM2_ReadPublic({handle:#010x}) failed: {:#x}",
+                tpm_cmd::response_code(&resp).unwrap_or(0)
+            )
+        })
     }
 
     pub fn locality(&self) -> u32 {
@@ -287,6 +397,15 @@ impl Engine {
         let g = self.lock();
         if g.running { f() } else { TPM_BAD_ORDINAL }
     }
+}
+
+fn named(v: tpm_cmd::AlgDigests) -> Vec<BankDigest> {
+    v.into_iter()
+        .map(|(alg, d)| BankDigest {
+            bank: tpm_cmd::bank_name(alg),
+            hex: hex::encode(d),
+        })
+        .collect()
 }
 
 fn state_type(kind: u32) -> Result<StateType, TpmResult> {

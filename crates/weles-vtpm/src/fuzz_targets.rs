@@ -1,7 +1,7 @@
 //! Entry points shared by the cargo-fuzz targets (`fuzz/`) and the tests that replay their
 //! corpora on stable Rust: the parsers of bytes that come from QEMU, libvirt or a guest.
 
-use crate::{ctrl, frame};
+use crate::{ctrl, events, frame, tpm_cmd};
 
 /// Control-channel requests: parse repeatedly from a stream of bytes, as the server does.
 pub fn vtpm_ctrl(data: &[u8]) {
@@ -31,6 +31,18 @@ pub fn vtpm_frame(data: &[u8]) {
         let Some(cmd) = rest.get(..size) else { break };
         assert!(frame::check_command(cmd).is_ok());
         let _ = frame::code(cmd);
+        // What the engine reads from guest commands (and from responses) for events.
+        let _ = tpm_cmd::extend_digests(cmd);
+        let _ = tpm_cmd::event_response_digests(cmd);
+        let _ = tpm_cmd::su_clear(cmd);
+        let _ = tpm_cmd::parse_pcr_read(cmd);
+        let _ = tpm_cmd::parse_read_public(cmd);
         rest = &rest[size..];
     }
+}
+
+/// Event-socket requests: the framing and the JSON of management requests.
+pub fn vtpm_events(data: &[u8]) {
+    let mut r = data;
+    while let Ok(Some(_)) = events::read_frame::<events::Request>(&mut r) {}
 }

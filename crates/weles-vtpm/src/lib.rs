@@ -5,6 +5,8 @@
 //! - [`frame`]: TPM command framing on the data channel.
 //! - [`ctrl`]: swtpm's control-channel protocol (what QEMU's `-tpmdev emulator` speaks).
 //! - [`sealed`]: the state at rest, sealed and rollback-protected.
+//! - [`events`]: what the TPM did (PCR changes, startup, shutdown), for the manager.
+//! - [`tpm_cmd`]: the TPM structures the vTPM reads itself.
 //! - [`server`]: the sockets.
 //! - [`options`]: swtpm's command-line spelling (`--server type=tcp,port=...`).
 //!
@@ -14,6 +16,7 @@
 
 pub mod ctrl;
 pub mod engine;
+pub mod events;
 pub mod ffi;
 pub mod frame;
 #[doc(hidden)]
@@ -22,3 +25,4 @@ pub mod log;
 pub mod options;
 pub mod sealed;
 pub mod server;
+pub mod tpm_cmd;

@@ -57,6 +57,9 @@ struct SocketArgs {
     /// Run in the background.
     #[arg(long)]
     daemon: bool,
+    /// WELES: event socket for the manager: type=unixio,path=P or type=tcp,port=N[,bindaddr=A].
+    #[arg(long, value_name = "SPEC")]
+    events: Option<String>,
     /// WELES: this vTPM's identity, bound into its sealed state (default: one created in the
     /// state directory on first start). The manager passes the VM id.
     #[arg(long, value_name = "ID")]
@@ -84,6 +87,11 @@ fn run(a: SocketArgs) -> anyhow::Result<()> {
         .ctrl
         .as_deref()
         .map(|s| options::endpoint("--ctrl", s))
+        .transpose()?;
+    let events = a
+        .events
+        .as_deref()
+        .map(|s| options::endpoint("--events", s))
         .transpose()?;
     if server.is_none() && ctrl.is_none() {
         anyhow::bail!("give --ctrl (for QEMU) and/or --server (for tools)");
@@ -170,6 +178,7 @@ fn run(a: SocketArgs) -> anyhow::Result<()> {
         server::Options {
             ctrl,
             server,
+            events,
             init_at_start,
             startup,
         },

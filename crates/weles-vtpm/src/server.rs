@@ -47,6 +47,15 @@ impl Stream {
     }
 }
 
+impl Stream {
+    fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
@@ -102,6 +111,8 @@ impl Listener {
 pub struct Options {
     pub ctrl: Option<Endpoint>,
     pub server: Option<Endpoint>,
+    /// WELES `--events`: where the manager listens to events and sends management requests.
+    pub events: Option<Endpoint>,
     /// `--flags not-need-init`: initialise the TPM at start instead of waiting for CMD_INIT.
     pub init_at_start: bool,
     /// `--flags startup-clear|startup-state`: send TPM2_Startup after initialising.
@@ -121,6 +132,16 @@ pub fn run(engine: Arc<Engine>, opts: Options) -> anyhow::Result<()> {
         threads.push(std::thread::spawn(move || {
             while let Ok(stream) = listener.accept() {
                 serve_data(&engine, stream);
+            }
+        }));
+    }
+    if let Some(ep) = &opts.events {
+        let listener = Listener::bind(ep).map_err(|e| anyhow::anyhow!("--events {ep:?}: {e}"))?;
+        let engine = engine.clone();
+        threads.push(std::thread::spawn(move || {
+            while let Ok(stream) = listener.accept() {
+                let engine = engine.clone();
+                std::thread::spawn(move || serve_events(&engine, stream));
             }
         }));
     }
@@ -363,4 +384,76 @@ fn serve_ctrl(engine: &Arc<Engine>, mut stream: Stream, stop: &AtomicBool) {
             return;
         }
     }
+}
+
+/// Serves one event listener: events from the requested sequence number on, and management
+/// requests answered between guest commands. Messages are `u32` length + JSON (`events` module).
+pub fn serve_events(engine: &Arc<Engine>, stream: Stream) {
+    use crate::events::{self, Message, Request as EvRequest};
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = stream;
+    let (out, queue) = std::sync::mpsc::channel::<Message>();
+    let writer_thread = std::thread::spawn(move || {
+        for m in queue {
+            if writer.write_all(&events::frame(&m)).is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let req: EvRequest = match events::read_frame(&mut reader) {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = out.send(Message::Error {
+                    error: format!("bad request: {e}"),
+                });
+                if e.kind() != std::io::ErrorKind::InvalidData || e.to_string().contains("exceeds")
+                {
+                    break;
+                }
+                continue;
+            }
+        };
+        let reply = match req {
+            EvRequest::Subscribe { after } => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(4096);
+                let backlog = engine.events().subscribe(after, tx);
+                if let Some(first) = backlog.lost_before {
+                    let _ = out.send(Message::Lost { lost_before: first });
+                }
+                for r in backlog.records {
+                    let _ = out.send(Message::Event(r));
+                }
+                let out = out.clone();
+                std::thread::spawn(move || {
+                    for r in rx {
+                        if out.send(Message::Event(r)).is_err() {
+                            return;
+                        }
+                    }
+                });
+                continue;
+            }
+            EvRequest::ReadPcrs { pcr } => match engine.read_pcrs(pcr) {
+                Ok(pcrs) => Message::Pcrs { pcr, pcrs },
+                Err(error) => Message::Error { error },
+            },
+            EvRequest::ReadPublic { handle } => match engine.read_public(handle) {
+                Ok((public, name)) => Message::Public {
+                    handle,
+                    public: hex::encode(public),
+                    name: hex::encode(name),
+                },
+                Err(error) => Message::Error { error },
+            },
+        };
+        if out.send(reply).is_err() {
+            break;
+        }
+    }
+    drop(out);
+    let _ = writer_thread.join();
 }

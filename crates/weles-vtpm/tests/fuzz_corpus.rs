@@ -23,3 +23,8 @@ fn vtpm_ctrl_corpus() {
 fn vtpm_frame_corpus() {
     replay("vtpm_frame", weles_vtpm::fuzz_targets::vtpm_frame);
 }
+
+#[test]
+fn vtpm_events_corpus() {
+    replay("vtpm_events", weles_vtpm::fuzz_targets::vtpm_events);
+}
