@@ -89,6 +89,10 @@ pub enum EngineError {
 
 struct Inner {
     running: bool,
+    /// Last known value of each PCR (per bank), so an extend's event needs no PCR_Read round
+    /// trip: the new value is computed as the TPM does. Cleared by anything else that can
+    /// change PCRs; a PCR not in the cache is read from the TPM.
+    pcrs: BTreeMap<u32, tpm_cmd::AlgDigests>,
 }
 
 /// The process's TPM.
@@ -122,7 +126,10 @@ impl Engine {
         });
         ffi::register(Box::new(store.clone())).map_err(EngineError::Register)?;
         Ok(Engine {
-            inner: Mutex::new(Inner { running: false }),
+            inner: Mutex::new(Inner {
+                running: false,
+                pcrs: BTreeMap::new(),
+            }),
             store,
             events: Arc::new(EventLog::new(EVENT_RING)),
         })
@@ -144,6 +151,7 @@ impl Engine {
         let mut g = self.lock();
         ffi::terminate();
         g.running = false;
+        g.pcrs.clear();
         let rc = ffi::main_init();
         if rc == TPM_SUCCESS {
             g.running = true;
@@ -158,6 +166,7 @@ impl Engine {
     /// Stops the TPM (CMD_STOP / CMD_SHUTDOWN); its state stays stored.
     pub fn stop(&self) {
         let mut g = self.lock();
+        g.pcrs.clear();
         ffi::terminate();
         if g.running {
             self.events.push(Event::Stop);
@@ -172,7 +181,7 @@ impl Engine {
 
     /// Executes one TPM command. Malformed frames and a stopped TPM get a TPM error response.
     pub fn process(&self, command: &[u8]) -> Vec<u8> {
-        let g = self.lock();
+        let mut g = self.lock();
         if let Err(rc) = frame::check_command(command) {
             return frame::error_response(rc);
         }
@@ -182,51 +191,44 @@ impl Engine {
         let response =
             ffi::process(command).unwrap_or_else(|_| frame::error_response(frame::TPM_RC_FAILURE));
         if tpm_cmd::response_code(&response) == Some(0) {
-            self.record(command, &response);
+            self.record(&mut g, command, &response);
         }
         response
     }
 
     /// Records the event of a successful command that changed PCRs or the power state.
     /// Runs under the engine lock, right after the command: events are in execution order.
-    fn record(&self, command: &[u8], response: &[u8]) {
+    fn record(&self, g: &mut Inner, command: &[u8], response: &[u8]) {
         let event = match frame::code(command) {
             Some(tpm_cmd::CC_PCR_EXTEND) => {
                 let Some(pcr) = tpm_cmd::pcr_handle(command) else {
                     return;
                 };
-                let digests = tpm_cmd::extend_digests(command)
-                    .map(|(_, d)| d)
-                    .unwrap_or_default();
-                Event::Extend {
-                    pcr,
-                    digests: named(digests),
-                    pcrs: self.pcr_values(pcr),
-                }
+                let digests = tpm_cmd::extend_digests(command).map(|(_, d)| d);
+                self.extended(g, pcr, digests)
             }
             Some(tpm_cmd::CC_PCR_EVENT) => {
                 let Some(pcr) = tpm_cmd::pcr_handle(command) else {
                     return;
                 };
-                let digests = tpm_cmd::event_response_digests(response).unwrap_or_default();
-                Event::Extend {
-                    pcr,
-                    digests: named(digests),
-                    pcrs: self.pcr_values(pcr),
-                }
+                self.extended(g, pcr, tpm_cmd::event_response_digests(response))
             }
             Some(tpm_cmd::CC_PCR_RESET) => {
                 let Some(pcr) = tpm_cmd::pcr_handle(command) else {
                     return;
                 };
+                g.pcrs.remove(&pcr);
                 Event::Reset {
                     pcr,
-                    pcrs: self.pcr_values(pcr),
+                    pcrs: named(self.cached_pcr(g, pcr)),
                 }
             }
-            Some(tpm_cmd::CC_STARTUP) => Event::Startup {
-                clear: tpm_cmd::su_clear(command).unwrap_or(true),
-            },
+            Some(tpm_cmd::CC_STARTUP) => {
+                g.pcrs.clear();
+                Event::Startup {
+                    clear: tpm_cmd::su_clear(command).unwrap_or(true),
+                }
+            }
             Some(tpm_cmd::CC_SHUTDOWN) => Event::Shutdown {
                 state: tpm_cmd::su_clear(command) == Some(false),
             },
@@ -235,13 +237,53 @@ impl Engine {
         self.events.push(event);
     }
 
-    /// One PCR in every allocated bank (caller holds the lock).
-    fn pcr_values(&self, pcr: u32) -> Vec<BankDigest> {
-        ffi::process(&tpm_cmd::pcr_read(pcr))
+    /// The event of a successful extend: the new values follow from the cached old ones by the
+    /// TPM's rule `new = H(old || digest)` for each bank extended (others unchanged).
+    fn extended(&self, g: &mut Inner, pcr: u32, digests: Option<tpm_cmd::AlgDigests>) -> Event {
+        let Some(digests) = digests else {
+            // Cannot tell what was extended: forget the PCR and read it back.
+            g.pcrs.remove(&pcr);
+            return Event::Extend {
+                pcr,
+                digests: Vec::new(),
+                pcrs: named(self.cached_pcr(g, pcr)),
+            };
+        };
+        let after = g
+            .pcrs
+            .get(&pcr)
+            .and_then(|before| extend_all(before, &digests));
+        let after = match after {
+            Some(v) => {
+                g.pcrs.insert(pcr, v.clone());
+                v
+            }
+            None => {
+                // Not cached yet (or an algorithm we cannot compute): the TPM's own value.
+                g.pcrs.remove(&pcr);
+                self.cached_pcr(g, pcr)
+            }
+        };
+        Event::Extend {
+            pcr,
+            digests: named(digests),
+            pcrs: named(after),
+        }
+    }
+
+    /// The PCR's values from the cache, or read from the TPM and cached (caller holds the lock).
+    fn cached_pcr(&self, g: &mut Inner, pcr: u32) -> tpm_cmd::AlgDigests {
+        if let Some(v) = g.pcrs.get(&pcr) {
+            return v.clone();
+        }
+        let v = ffi::process(&tpm_cmd::pcr_read(pcr))
             .ok()
             .and_then(|r| tpm_cmd::parse_pcr_read(&r))
-            .map(named)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if !v.is_empty() {
+            g.pcrs.insert(pcr, v.clone());
+        }
+        v
     }
 
     /// Management: one PCR in every allocated bank, between guest commands.
@@ -253,7 +295,12 @@ impl Engine {
         if pcr >= 24 {
             return Err(format!("PCR {pcr} does not exist"));
         }
-        Ok(self.pcr_values(pcr))
+        // Read from the TPM itself (not the cache): this is what the manager checks against.
+        ffi::process(&tpm_cmd::pcr_read(pcr))
+            .ok()
+            .and_then(|r| tpm_cmd::parse_pcr_read(&r))
+            .map(named)
+            .ok_or_else(|| "TPM2_PCR_Read failed".to_string())
     }
 
     /// Management: (public area, name) of a persistent object, between guest commands.
@@ -373,6 +420,8 @@ impl Engine {
             StateType::SaveState => SAVESTATE,
         };
         let rc = ffi::set_state(st, data);
+        drop(g);
+        self.lock().pcrs.clear();
         if rc == TPM_SUCCESS && !ffi::Host::store(&self.store, name, data) {
             return ffi::TPM_IOERROR;
         }
@@ -397,6 +446,27 @@ impl Engine {
         let g = self.lock();
         if g.running { f() } else { TPM_BAD_ORDINAL }
     }
+}
+
+/// Applies `new = H(old || digest)` per extended bank; `None` if a bank is unknown or uncomputable.
+fn extend_all(
+    before: &tpm_cmd::AlgDigests,
+    digests: &tpm_cmd::AlgDigests,
+) -> Option<tpm_cmd::AlgDigests> {
+    use sha2::Digest as _;
+    let mut after = before.clone();
+    for (alg, d) in digests {
+        let slot = after.iter_mut().find(|(a, _)| a == alg)?;
+        let joined = [slot.1.as_slice(), d.as_slice()].concat();
+        slot.1 = match alg {
+            0x0004 => sha1::Sha1::digest(&joined).to_vec(),
+            0x000b => sha2::Sha256::digest(&joined).to_vec(),
+            0x000c => sha2::Sha384::digest(&joined).to_vec(),
+            0x000d => sha2::Sha512::digest(&joined).to_vec(),
+            _ => return None,
+        };
+    }
+    Some(after)
 }
 
 fn named(v: tpm_cmd::AlgDigests) -> Vec<BankDigest> {

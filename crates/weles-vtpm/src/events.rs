@@ -2,13 +2,12 @@
 //!
 //! The engine records an [`Event`] right after libtpms executed a command that changed PCRs or
 //! the TPM's power state — under the engine lock, so events are in execution order and carry the
-//! PCR values *after* the command, read back from the TPM. Events go to a bounded ring; one
-//! listener at a time receives them and can resume from a sequence number after a reconnect
-//! (`docs/vtpm-protocol.md` §5).
+//! PCR values *after* the command. Recording only appends to a bounded ring — no thread is woken
+//! on the TPM's path; each listener's connection collects what is new at least every millisecond,
+//! and can resume from a sequence number after a reconnect (`docs/vtpm-protocol.md` §5).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::mpsc::SyncSender;
 
 use serde::{Deserialize, Serialize};
 
@@ -53,7 +52,7 @@ pub struct Record {
     pub event: Event,
 }
 
-/// The bounded ring of recent events and the current listener.
+/// The bounded ring of recent events.
 pub struct EventLog {
     inner: Mutex<Ring>,
 }
@@ -62,10 +61,9 @@ struct Ring {
     next: u64,
     records: VecDeque<Record>,
     capacity: usize,
-    listener: Option<SyncSender<Record>>,
 }
 
-/// What a (re)connecting listener gets first.
+/// What a listener gets when it asks for everything after a sequence number.
 pub struct Backlog {
     /// Records after the requested sequence number that are still kept.
     pub records: Vec<Record>,
@@ -80,12 +78,11 @@ impl EventLog {
                 next: 1,
                 records: VecDeque::new(),
                 capacity: capacity.max(1),
-                listener: None,
             }),
         }
     }
 
-    /// Appends an event and hands it to the listener, if any.
+    /// Appends an event; returns its sequence number.
     pub fn push(&self, event: Event) -> u64 {
         let time_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -93,29 +90,22 @@ impl EventLog {
         let Ok(mut r) = self.inner.lock() else {
             return 0;
         };
-        let record = Record {
-            seq: r.next,
-            time_ms,
-            event,
-        };
+        let seq = r.next;
         r.next += 1;
         if r.records.len() == r.capacity {
             r.records.pop_front();
         }
-        r.records.push_back(record.clone());
-        // A listener that does not keep up is dropped rather than buffered without bound; it
-        // resubscribes from its last sequence number and gets the rest from the ring.
-        if let Some(tx) = &r.listener
-            && tx.try_send(record.clone()).is_err()
-        {
-            r.listener = None;
-        }
-        record.seq
+        r.records.push_back(Record {
+            seq,
+            time_ms,
+            event,
+        });
+        seq
     }
 
-    /// Makes `tx` the listener (replacing any other) and returns what it missed after `after`.
-    pub fn subscribe(&self, after: u64, tx: SyncSender<Record>) -> Backlog {
-        let Ok(mut r) = self.inner.lock() else {
+    /// Every kept record after `after`, and whether some it asked for were dropped.
+    pub fn since(&self, after: u64) -> Backlog {
+        let Ok(r) = self.inner.lock() else {
             return Backlog {
                 records: Vec::new(),
                 lost_before: None,
@@ -123,15 +113,9 @@ impl EventLog {
         };
         let first = r.records.front().map_or(r.next, |x| x.seq);
         let lost_before = (after + 1 < first).then_some(first);
-        let records = r
-            .records
-            .iter()
-            .filter(|x| x.seq > after)
-            .cloned()
-            .collect();
-        r.listener = Some(tx);
+        let skip = r.records.partition_point(|x| x.seq <= after);
         Backlog {
-            records,
+            records: r.records.iter().skip(skip).cloned().collect(),
             lost_before,
         }
     }
@@ -216,17 +200,15 @@ mod tests {
         for _ in 0..5 {
             log.push(Event::Init);
         }
-        let (tx, rx) = std::sync::mpsc::sync_channel(8);
-        let b = log.subscribe(1, tx);
+        let b = log.since(1);
         assert_eq!(b.lost_before, Some(3));
         assert_eq!(
             b.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
             [3, 4, 5]
         );
-        let (tx2, _) = std::sync::mpsc::sync_channel(8);
-        let b = log.subscribe(4, tx2);
+        let b = log.since(4);
         assert_eq!((b.lost_before, b.records.len()), (None, 1));
-        drop(rx);
+        assert_eq!(log.since(5).records.len(), 0);
         assert_eq!(log.push(Event::Stop), 6);
     }
 

@@ -191,40 +191,60 @@ fn start_tpm(engine: &Engine, startup: Option<bool>) -> anyhow::Result<()> {
 }
 
 /// Serves TPM command frames until the peer closes or sends a frame that cannot be delimited.
+///
+/// A command normally arrives in one read and costs one read and one write. Only a frame that
+/// arrives in pieces arms a 10 s timeout for its remainder: an idle channel (a quiet VM) may wait
+/// forever, a started command may not.
 pub fn serve_data(engine: &Engine, mut stream: Stream) {
+    let mut buf = vec![0u8; frame::MAX_COMMAND];
+    let mut have = 0usize;
+    let mut timeout_armed = false;
     loop {
-        let mut header = [0u8; frame::HEADER];
-        // Wait as long as it takes for a command to start; a started one must complete quickly.
-        stream.set_read_timeout(None);
-        match stream.read(&mut header[..1]) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        stream.set_read_timeout(Some(Duration::from_secs(10)));
-        if stream.read_exact(&mut header[1..]).is_err() {
-            return;
-        }
-        let size = match frame::frame_size(&header) {
-            Ok(s) => s,
-            Err(rc) => {
-                log::line(&format!(
-                    "data channel: undelimitable command (size field {:?}); closing",
-                    &header[2..6]
-                ));
-                let _ = stream.write_all(&frame::error_response(rc));
-                return;
+        // Complete one frame in buf[..size].
+        let size = loop {
+            if have >= frame::HEADER {
+                let header: [u8; frame::HEADER] = buf[..frame::HEADER]
+                    .try_into()
+                    .unwrap_or([0; frame::HEADER]);
+                match frame::frame_size(&header) {
+                    Ok(size) if have >= size => break size,
+                    Ok(_) => {}
+                    Err(rc) => {
+                        log::line(&format!(
+                            "data channel: undelimitable command (size field {:02x?}); closing",
+                            &header[2..6]
+                        ));
+                        let _ = stream.write_all(&frame::error_response(rc));
+                        return;
+                    }
+                }
+            }
+            if have > 0 && !timeout_armed {
+                stream.set_read_timeout(Some(Duration::from_secs(10)));
+                timeout_armed = true;
+            }
+            match stream.read(&mut buf[have..]) {
+                Ok(0) => return,
+                Ok(n) => have += n,
+                Err(_) => {
+                    if have > 0 {
+                        log::line("data channel: truncated command; closing");
+                    }
+                    return;
+                }
             }
         };
-        let mut command = vec![0u8; size];
-        command[..frame::HEADER].copy_from_slice(&header);
-        if stream.read_exact(&mut command[frame::HEADER..]).is_err() {
-            log::line("data channel: truncated command; closing");
-            return;
+        if timeout_armed {
+            stream.set_read_timeout(None);
+            timeout_armed = false;
         }
-        let response = engine.process(&command);
+        let response = engine.process(&buf[..size]);
         if stream.write_all(&response).is_err() {
             return;
         }
+        // Keep any bytes of a following command.
+        buf.copy_within(size..have, 0);
+        have -= size;
     }
 }
 
@@ -388,16 +408,48 @@ fn serve_ctrl(engine: &Arc<Engine>, mut stream: Stream, stop: &AtomicBool) {
 
 /// Serves one event listener: events from the requested sequence number on, and management
 /// requests answered between guest commands. Messages are `u32` length + JSON (`events` module).
+///
+/// The TPM's path never waits for or wakes this connection: the writer collects new events from
+/// the ring at least every millisecond (sooner when it has an answer to send) and writes them in
+/// one batch.
 pub fn serve_events(engine: &Arc<Engine>, stream: Stream) {
     use crate::events::{self, Message, Request as EvRequest};
+    enum ToWriter {
+        Subscribe(u64),
+        Reply(Message),
+    }
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
     let mut reader = stream;
-    let (out, queue) = std::sync::mpsc::channel::<Message>();
+    let (out, queue) = std::sync::mpsc::channel::<ToWriter>();
+    let ring = engine.events().clone();
     let writer_thread = std::thread::spawn(move || {
-        for m in queue {
-            if writer.write_all(&events::frame(&m)).is_err() {
+        let mut cursor: Option<u64> = None;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match queue.recv_timeout(Duration::from_millis(1)) {
+                Ok(ToWriter::Subscribe(after)) => cursor = Some(after),
+                Ok(ToWriter::Reply(m)) => buf.extend_from_slice(&events::frame(&m)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if let Some(after) = cursor {
+                let backlog = ring.since(after);
+                if let Some(first) = backlog.lost_before {
+                    buf.extend_from_slice(&events::frame(&Message::Lost { lost_before: first }));
+                }
+                if let Some(last) = backlog.records.last() {
+                    cursor = Some(last.seq);
+                } else if let Some(first) = backlog.lost_before {
+                    cursor = Some(first - 1);
+                }
+                for r in backlog.records {
+                    buf.extend_from_slice(&events::frame(&Message::Event(r)));
+                }
+            }
+            if !buf.is_empty() && writer.write_all(&buf).is_err() {
                 return;
             }
         }
@@ -407,9 +459,9 @@ pub fn serve_events(engine: &Arc<Engine>, stream: Stream) {
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(e) => {
-                let _ = out.send(Message::Error {
+                let _ = out.send(ToWriter::Reply(Message::Error {
                     error: format!("bad request: {e}"),
-                });
+                }));
                 if e.kind() != std::io::ErrorKind::InvalidData || e.to_string().contains("exceeds")
                 {
                     break;
@@ -418,37 +470,19 @@ pub fn serve_events(engine: &Arc<Engine>, stream: Stream) {
             }
         };
         let reply = match req {
-            EvRequest::Subscribe { after } => {
-                let (tx, rx) = std::sync::mpsc::sync_channel(4096);
-                let backlog = engine.events().subscribe(after, tx);
-                if let Some(first) = backlog.lost_before {
-                    let _ = out.send(Message::Lost { lost_before: first });
-                }
-                for r in backlog.records {
-                    let _ = out.send(Message::Event(r));
-                }
-                let out = out.clone();
-                std::thread::spawn(move || {
-                    for r in rx {
-                        if out.send(Message::Event(r)).is_err() {
-                            return;
-                        }
-                    }
-                });
-                continue;
-            }
-            EvRequest::ReadPcrs { pcr } => match engine.read_pcrs(pcr) {
+            EvRequest::Subscribe { after } => ToWriter::Subscribe(after),
+            EvRequest::ReadPcrs { pcr } => ToWriter::Reply(match engine.read_pcrs(pcr) {
                 Ok(pcrs) => Message::Pcrs { pcr, pcrs },
                 Err(error) => Message::Error { error },
-            },
-            EvRequest::ReadPublic { handle } => match engine.read_public(handle) {
+            }),
+            EvRequest::ReadPublic { handle } => ToWriter::Reply(match engine.read_public(handle) {
                 Ok((public, name)) => Message::Public {
                     handle,
                     public: hex::encode(public),
                     name: hex::encode(name),
                 },
                 Err(error) => Message::Error { error },
-            },
+            }),
         };
         if out.send(reply).is_err() {
             break;

@@ -40,7 +40,9 @@ impl Drop for Vtpm {
 }
 
 fn start() -> Vtpm {
-    let dir = std::env::temp_dir().join(format!("weles-vtpm-events-{}", std::process::id()));
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("weles-vtpm-events-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (data, ctrl) = free_pair();
@@ -231,4 +233,39 @@ fn events_report_every_extend_with_the_resulting_pcrs_and_resume_after_reconnect
     bad.write_all(&u32::MAX.to_be_bytes()).unwrap();
     assert!(matches!(next(&mut bad), Message::Error { .. }));
     t.ok(&["tpm2_pcrread", "sha256:10"]);
+}
+
+#[test]
+fn computed_pcr_values_in_events_equal_the_tpms_own() {
+    let t = start();
+    let mut l = t.listen();
+    send(&mut l, &Request::Subscribe { after: 0 });
+    event(&mut l);
+    event(&mut l);
+    // Mixed banks: both, sha256 only, sha1 only; two PCRs; a reset in between.
+    let specs = [
+        format!("10:sha1={},sha256={}", "01".repeat(20), "02".repeat(32)),
+        format!("10:sha256={}", "03".repeat(32)),
+        format!("16:sha1={}", "04".repeat(20)),
+        format!("10:sha1={}", "05".repeat(20)),
+        format!("16:sha256={}", "06".repeat(32)),
+    ];
+    for round in 0..3 {
+        for spec in &specs {
+            t.ok(&["tpm2_pcrextend", spec]);
+            let (_, ev) = event(&mut l);
+            let Event::Extend { pcr, pcrs, .. } = ev else {
+                panic!("{ev:?}")
+            };
+            send(&mut l, &Request::ReadPcrs { pcr });
+            match next(&mut l) {
+                Message::Pcrs { pcrs: actual, .. } => {
+                    assert_eq!(pcrs, actual, "round {round}, {spec}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        t.ok(&["tpm2_pcrreset", "16"]);
+        assert!(matches!(event(&mut l).1, Event::Reset { pcr: 16, .. }));
+    }
 }
