@@ -11,8 +11,9 @@ cd "$ROOT"
 . scripts/lib/setup.sh
 
 ensure_rust
-# libtpms-dev: weles-vtpm links libtpms. tpm2-tools + the swtpm TCTI: interop tests.
-ensure_packages openssh-client openssl coreutils python3 libtpms-dev tpm2-tools libtss2-tcti-swtpm0
+# libtpms-dev: weles-vtpm links libtpms. tpm2-tools + the swtpm TCTI: interop tests. swtpm: the
+# host TPM of the monotonic-counter tests.
+ensure_packages openssh-client openssl coreutils python3 libtpms-dev tpm2-tools libtss2-tcti-swtpm0 swtpm
 start=$SECONDS
 
 log "cargo fmt --check"

@@ -5,6 +5,7 @@
 //! - [`frame`]: TPM command framing on the data channel.
 //! - [`ctrl`]: swtpm's control-channel protocol (what QEMU's `-tpmdev emulator` speaks).
 //! - [`sealed`]: the state at rest, sealed and rollback-protected.
+//! - [`host_counter`]: the monotonic store on the host TPM (an NV counter).
 //! - [`events`]: what the TPM did (PCR changes, startup, shutdown), for the manager.
 //! - [`tpm_cmd`]: the TPM structures the vTPM reads itself.
 //! - [`server`]: the sockets.
@@ -21,6 +22,7 @@ pub mod ffi;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod host_counter;
 pub mod log;
 pub mod options;
 pub mod sealed;

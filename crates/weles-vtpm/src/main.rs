@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 use weles_vtpm::engine::Engine;
-use weles_vtpm::sealed::{FileCounter, SealedState, SimSealing};
+use weles_vtpm::host_counter::HostTpmCounter;
+use weles_vtpm::sealed::{FileCounter, MonotonicStore, SealedState, SimSealing};
 use weles_vtpm::{log, options, server};
 
 /// A VM's TPM 2.0 (libtpms), driven like swtpm: QEMU `-tpmdev emulator`, libvirt, tpm2-tools.
@@ -69,9 +70,14 @@ struct SocketArgs {
     #[arg(long, value_name = "SPEC", default_value = "sim")]
     seal: String,
     /// WELES: where the newest state version is recorded (rollback protection):
-    /// file=PATH (default: a file in the state directory; development only).
+    /// type=tpm,host=H,port=P,index=0x01NNNNNN (an NV counter on the host TPM), or file=PATH
+    /// (default: a file in the state directory; development only).
     #[arg(long, value_name = "SPEC")]
     monotonic: Option<String>,
+    /// WELES: this vTPM is new: start without state even if the monotonic store already holds a
+    /// version (given by whoever creates vTPMs; otherwise a deleted state is refused).
+    #[arg(long)]
+    fresh_state: bool,
 }
 
 fn run(a: SocketArgs) -> anyhow::Result<()> {
@@ -157,17 +163,37 @@ fn run(a: SocketArgs) -> anyhow::Result<()> {
             key_file.display()
         ));
     }
-    let counter_file = match a.monotonic.as_deref() {
-        Some(m) => options::file("--monotonic", m)?
-            .ok_or_else(|| anyhow::anyhow!("--monotonic needs file=PATH"))?,
-        None => state_dir.join("version.counter"),
+    let counter: Box<dyn MonotonicStore> = match a.monotonic.as_deref() {
+        Some(m) => {
+            let kv = options::key_values("--monotonic", m)?;
+            match kv.get("type").map(String::as_str) {
+                Some("tpm") => {
+                    let host = kv.get("host").map_or("127.0.0.1", String::as_str);
+                    let port: u16 = kv
+                        .get("port")
+                        .and_then(|p| p.parse().ok())
+                        .ok_or_else(|| anyhow::anyhow!("--monotonic type=tpm needs port=N"))?;
+                    let index = kv
+                        .get("index")
+                        .and_then(|i| u32::from_str_radix(i.trim_start_matches("0x"), 16).ok())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("--monotonic type=tpm needs index=0x01NNNNNN")
+                        })?;
+                    Box::new(HostTpmCounter::new(host, port, index)?)
+                }
+                _ => Box::new(FileCounter::new(
+                    &options::file("--monotonic", m)?.ok_or_else(|| {
+                        anyhow::anyhow!("--monotonic needs file=PATH or type=tpm,...")
+                    })?,
+                )),
+            }
+        }
+        None => Box::new(FileCounter::new(&state_dir.join("version.counter"))),
     };
-    let state = SealedState::new(
-        &state_dir,
-        &identity,
-        Box::new(provider),
-        Box::new(FileCounter::new(&counter_file)),
-    );
+    let mut state = SealedState::new(&state_dir, &identity, Box::new(provider), counter);
+    if a.fresh_state {
+        state = state.fresh();
+    }
     let engine = Arc::new(Engine::open(Some(state))?);
     log::line(&format!(
         "vTPM {identity:?}: sealed state in {}",

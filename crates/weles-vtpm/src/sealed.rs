@@ -210,6 +210,8 @@ pub struct SealedState {
     provider: Box<dyn SealingProvider>,
     counter: Box<dyn MonotonicStore>,
     version: u64,
+    /// A new vTPM: no state yet, whatever the monotonic store recorded (see [`Self::fresh`]).
+    fresh: bool,
 }
 
 impl SealedState {
@@ -225,7 +227,16 @@ impl SealedState {
             provider,
             counter,
             version: 0,
+            fresh: false,
         }
+    }
+
+    /// Declares the vTPM new: a missing state file is accepted even though the monotonic store
+    /// holds a version (a host TPM counter starts wherever the TPM's counters are). Only the one
+    /// who creates vTPMs (the manager) may say so; otherwise a deleted state is refused.
+    pub fn fresh(mut self) -> Self {
+        self.fresh = true;
+        self
     }
 
     pub fn version(&self) -> u64 {
@@ -257,12 +268,14 @@ impl SealedState {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if recorded > 0 {
+                if recorded > 0 && !self.fresh {
                     return Err(StateError::Missing {
                         path: self.path.clone(),
                         recorded,
                     });
                 }
+                // A new vTPM's first version follows whatever the store recorded.
+                self.version = recorded;
                 return Ok(BTreeMap::new());
             }
             Err(source) => {

@@ -253,3 +253,181 @@ fn killing_at_random_moments_during_writes_loses_nothing() {
         t.kill();
     }
 }
+
+/// A swtpm playing the host TPM, reached through its TCP data socket.
+struct HostTpm {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for HostTpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn host_tpm(dir: &Path) -> HostTpm {
+    let (port, ctrl) = free_ports();
+    std::fs::create_dir_all(dir.join("host-tpm")).unwrap();
+    let child = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+        .arg("--server")
+        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+        .arg("--ctrl")
+        .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
+        .arg("--tpmstate")
+        .arg(format!("dir={}", dir.join("host-tpm").display()))
+        .spawn()
+        .expect("swtpm is installed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", ctrl)).is_err() {
+        assert!(Instant::now() < deadline, "swtpm did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    HostTpm { child, port }
+}
+
+/// weles-vtpm with its version recorded in an NV counter of `host`.
+fn start_with_host_counter(dir: &Path, host: &HostTpm, fresh: bool) -> Result<Vtpm, Output> {
+    let (data, ctrl) = free_ports();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weles-vtpm"));
+    cmd.args([
+        "socket",
+        "--tpm2",
+        "--flags",
+        "not-need-init,startup-clear",
+        "--vtpm-id",
+        "vm",
+    ])
+    .arg("--server")
+    .arg(format!("type=tcp,port={data},bindaddr=127.0.0.1"))
+    .arg("--ctrl")
+    .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
+    .arg("--tpmstate")
+    .arg(format!("dir={}", dir.join("state").display()))
+    .arg("--monotonic")
+    .arg(format!(
+        "type=tpm,host=127.0.0.1,port={},index=0x01500100",
+        host.port
+    ))
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if fresh {
+        cmd.arg("--fresh-state");
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if TcpStream::connect(("127.0.0.1", ctrl)).is_ok() {
+            return Ok(Vtpm {
+                child,
+                data,
+                dir: dir.to_path_buf(),
+            });
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(child.wait_with_output().unwrap());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "weles-vtpm neither served nor exited"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_host_tpm_counter_catches_restoring_the_whole_state_directory() {
+    let dir = tempdir("host-counter");
+    let host = host_tpm(&dir);
+
+    // A new vTPM must be declared new: the host counter starts wherever the TPM's counters are.
+    let out = start_with_host_counter(&dir, &host, false)
+        .err()
+        .expect("an unannounced empty state must be refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = start_with_host_counter(&dir, &host, true).unwrap();
+    t.ok(&[
+        "tpm2_nvdefine",
+        "0x1500030",
+        "-C",
+        "o",
+        "-s",
+        "8",
+        "-a",
+        "ownerread|ownerwrite",
+    ]);
+    assert!(t.nv_write(b"snapshot").status.success());
+    t.kill();
+
+    // The administrator snapshots the whole directory (sealed key and all), the VM goes on ...
+    copy_dir(&dir.join("state"), &dir.join("snapshot"));
+    let t = start_with_host_counter(&dir, &host, false).unwrap();
+    assert!(t.nv_write(b"newer!!!").status.success());
+    t.kill();
+
+    // ... and the snapshot is put back: the host TPM's counter has moved on.
+    copy_dir(&dir.join("snapshot"), &dir.join("state"));
+    let out = start_with_host_counter(&dir, &host, false)
+        .err()
+        .expect("a restored snapshot must be refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("older than the recorded version"), "{err}");
+
+    // Contrast: with the development file counter inside the same directory, the very same
+    // attack goes unnoticed — which is why the host TPM counter exists.
+    let dev = tempdir("file-counter-in-dir");
+    let (data, ctrl) = free_ports();
+    let run = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_weles-vtpm"));
+        c.args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--server")
+            .arg(format!("type=tcp,port={data},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
+            .arg("--tpmstate")
+            .arg(format!("dir={}", dev.join("state").display()))
+            .args(extra)
+            .stderr(Stdio::null());
+        c.spawn().unwrap()
+    };
+    let wait = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", ctrl)).is_err() {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut c = run(&[]);
+    wait();
+    let _ = c.kill();
+    let _ = c.wait();
+    copy_dir(&dev.join("state"), &dev.join("snapshot"));
+    let mut c = run(&[]);
+    wait();
+    let _ = c.kill();
+    let _ = c.wait();
+    copy_dir(&dev.join("snapshot"), &dev.join("state"));
+    let mut c = run(&[]);
+    wait();
+    assert!(
+        c.try_wait().unwrap().is_none(),
+        "the in-directory file counter cannot see a whole-directory restore"
+    );
+    let _ = c.kill();
+    let _ = c.wait();
+}
