@@ -303,6 +303,21 @@ impl Engine {
             .ok_or_else(|| "TPM2_PCR_Read failed".to_string())
     }
 
+    /// Management: the EK certificate (`rsa` or `ecc`) from its NV index, between guest commands.
+    pub fn ek_certificate(&self, kind: &str) -> Result<Vec<u8>, String> {
+        let nv = match kind {
+            "rsa" => crate::manufacture::RSA_EK_CERT_NV,
+            "ecc" => crate::manufacture::ECC_EK_CERT_NV,
+            other => return Err(format!("no EK kind {other:?} (rsa, ecc)")),
+        };
+        if !self.is_running() {
+            return Err("the TPM is not running".into());
+        }
+        // Commands go through `process`, which takes the lock per command; a guest command may
+        // run between the chunks of a long certificate, never inside one.
+        crate::manufacture::read_certificate(self, nv).map_err(|e| e.to_string())
+    }
+
     /// Management: (public area, name) of a persistent object, between guest commands.
     pub fn read_public(&self, handle: u32) -> Result<(Vec<u8>, Vec<u8>), String> {
         let g = self.lock();

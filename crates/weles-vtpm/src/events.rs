@@ -131,6 +131,8 @@ pub enum Request {
     ReadPcrs { pcr: u32 },
     /// The public area (TPM2B_PUBLIC, hex) and name of a persistent object.
     ReadPublic { handle: u32 },
+    /// The EK certificate (`rsa` or `ecc`), DER in hex, from its NV index.
+    EkCertificate { kind: String },
 }
 
 /// Everything the server sends on the event socket.
@@ -149,6 +151,10 @@ pub enum Message {
         handle: u32,
         public: String,
         name: String,
+    },
+    Certificate {
+        kind: String,
+        certificate: String,
     },
     Error {
         error: String,

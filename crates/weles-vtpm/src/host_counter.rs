@@ -12,9 +12,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::sealed::{MonotonicStore, StateError};
+use crate::tpm_cmd;
 
 const TPM_RH_OWNER: u32 = 0x4000_0001;
-const TPM_RS_PW: u32 = 0x4000_0009;
 const CC_NV_DEFINE_SPACE: u32 = 0x12a;
 const CC_NV_INCREMENT: u32 = 0x134;
 const CC_NV_READ: u32 = 0x14e;
@@ -52,25 +52,6 @@ impl HostTpmCounter {
         }
     }
 
-    fn command(cc: u32, handles: &[u32], session: bool, params: &[u8]) -> Vec<u8> {
-        let mut c = Vec::with_capacity(32 + params.len());
-        c.extend_from_slice(&(if session { 0x8002u16 } else { 0x8001u16 }).to_be_bytes());
-        c.extend_from_slice(&0u32.to_be_bytes());
-        c.extend_from_slice(&cc.to_be_bytes());
-        for h in handles {
-            c.extend_from_slice(&h.to_be_bytes());
-        }
-        if session {
-            c.extend_from_slice(&9u32.to_be_bytes());
-            c.extend_from_slice(&TPM_RS_PW.to_be_bytes());
-            c.extend_from_slice(&[0, 0, 0, 0, 0]);
-        }
-        c.extend_from_slice(params);
-        let len = c.len() as u32;
-        c[2..6].copy_from_slice(&len.to_be_bytes());
-        c
-    }
-
     /// Sends one command; returns (response code, response). Retries TPM_RC_RETRY.
     fn send(&self, cmd: &[u8]) -> Result<(u32, Vec<u8>), StateError> {
         let io = |e: std::io::Error| self.err(format!("host TPM unreachable: {e}"));
@@ -97,7 +78,12 @@ impl HostTpmCounter {
     }
 
     fn exists(&self) -> Result<bool, StateError> {
-        let (rc, _) = self.send(&Self::command(CC_NV_READ_PUBLIC, &[self.index], false, &[]))?;
+        let (rc, _) = self.send(&tpm_cmd::command(
+            CC_NV_READ_PUBLIC,
+            &[self.index],
+            false,
+            &[],
+        ))?;
         Ok(rc == 0)
     }
 
@@ -111,7 +97,7 @@ impl HostTpmCounter {
         let mut params = vec![0, 0]; // empty index auth
         params.extend_from_slice(&(public.len() as u16).to_be_bytes());
         params.extend_from_slice(&public);
-        let (rc, _) = self.send(&Self::command(
+        let (rc, _) = self.send(&tpm_cmd::command(
             CC_NV_DEFINE_SPACE,
             &[TPM_RH_OWNER],
             true,
@@ -124,7 +110,7 @@ impl HostTpmCounter {
     }
 
     fn increment(&self) -> Result<(), StateError> {
-        let (rc, _) = self.send(&Self::command(
+        let (rc, _) = self.send(&tpm_cmd::command(
             CC_NV_INCREMENT,
             &[TPM_RH_OWNER, self.index],
             true,
@@ -139,7 +125,7 @@ impl HostTpmCounter {
     /// The counter's value; `None` if it was defined but never incremented.
     fn read(&self) -> Result<Option<u64>, StateError> {
         let params = [0, 8, 0, 0]; // size 8, offset 0
-        let (rc, resp) = self.send(&Self::command(
+        let (rc, resp) = self.send(&tpm_cmd::command(
             CC_NV_READ,
             &[TPM_RH_OWNER, self.index],
             true,

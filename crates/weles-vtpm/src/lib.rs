@@ -5,6 +5,7 @@
 //! - [`frame`]: TPM command framing on the data channel.
 //! - [`ctrl`]: swtpm's control-channel protocol (what QEMU's `-tpmdev emulator` speaks).
 //! - [`sealed`]: the state at rest, sealed and rollback-protected.
+//! - [`manufacture`]: PCR banks, EKs and EK certificates of a new vTPM (as `swtpm_setup`).
 //! - [`host_counter`]: the monotonic store on the host TPM (an NV counter).
 //! - [`events`]: what the TPM did (PCR changes, startup, shutdown), for the manager.
 //! - [`tpm_cmd`]: the TPM structures the vTPM reads itself.
@@ -24,6 +25,7 @@ pub mod frame;
 pub mod fuzz_targets;
 pub mod host_counter;
 pub mod log;
+pub mod manufacture;
 pub mod options;
 pub mod sealed;
 pub mod server;

@@ -475,6 +475,15 @@ pub fn serve_events(engine: &Arc<Engine>, stream: Stream) {
                 Ok(pcrs) => Message::Pcrs { pcr, pcrs },
                 Err(error) => Message::Error { error },
             }),
+            EvRequest::EkCertificate { kind } => {
+                ToWriter::Reply(match engine.ek_certificate(&kind) {
+                    Ok(der) => Message::Certificate {
+                        kind,
+                        certificate: hex::encode(der),
+                    },
+                    Err(error) => Message::Error { error },
+                })
+            }
             EvRequest::ReadPublic { handle } => ToWriter::Reply(match engine.read_public(handle) {
                 Ok((public, name)) => Message::Public {
                     handle,

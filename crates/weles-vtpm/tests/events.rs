@@ -1,7 +1,8 @@
 //! The event stream and management requests, with tpm2-tools playing the guest.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -28,7 +29,7 @@ fn free_pair() -> (u16, u16) {
 struct Vtpm {
     child: Child,
     data: u16,
-    events: u16,
+    events: PathBuf,
     dir: PathBuf,
 }
 
@@ -46,7 +47,9 @@ fn start() -> Vtpm {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (data, ctrl) = free_pair();
-    let ev = free_port();
+    // The event socket is a Unix socket in this test's own directory, so a listener can never
+    // reach another test's vTPM through a reused port.
+    let ev = dir.join("events.sock");
     let child = Command::new(env!("CARGO_BIN_EXE_weles-vtpm"))
         .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
         .arg("--server")
@@ -54,13 +57,13 @@ fn start() -> Vtpm {
         .arg("--ctrl")
         .arg(format!("type=tcp,port={ctrl}"))
         .arg("--events")
-        .arg(format!("type=tcp,port={ev}"))
+        .arg(format!("type=unixio,path={}", ev.display()))
         .arg("--tpmstate")
         .arg(format!("dir={}", dir.join("state").display()))
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", ev)).is_err() {
+    while UnixStream::connect(&ev).is_err() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -91,22 +94,22 @@ impl Vtpm {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    fn listen(&self) -> TcpStream {
-        let s = TcpStream::connect(("127.0.0.1", self.events)).unwrap();
+    fn listen(&self) -> UnixStream {
+        let s = UnixStream::connect(&self.events).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s
     }
 }
 
-fn send(s: &mut TcpStream, r: &Request) {
+fn send(s: &mut UnixStream, r: &Request) {
     s.write_all(&events::frame(r)).unwrap();
 }
 
-fn next(s: &mut TcpStream) -> Message {
+fn next(s: &mut UnixStream) -> Message {
     events::read_frame(s).unwrap().expect("a message")
 }
 
-fn event(s: &mut TcpStream) -> (u64, Event) {
+fn event(s: &mut UnixStream) -> (u64, Event) {
     match next(s) {
         Message::Event(r) => (r.seq, r.event),
         other => panic!("expected an event, got {other:?}"),

@@ -6,6 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether something listens on `port`. A connect to a free loopback port can connect the socket
+/// to itself (TCP simultaneous open) when the kernel picks that same port as its source; that is
+/// not a listener, and holding it would even keep the vTPM from binding.
+fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port))
+        .is_ok_and(|s| s.local_addr().map(|a| a.port()).ok() != Some(port))
+}
+
 fn free_ports() -> (u16, u16) {
     loop {
         let a = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -52,7 +60,7 @@ fn start(dir: &Path, id: &str, fault: Option<&str>) -> Result<Vtpm, Output> {
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if TcpStream::connect(("127.0.0.1", ctrl)).is_ok() {
+        if listening(ctrl) {
             return Ok(Vtpm {
                 child,
                 data,
@@ -281,7 +289,7 @@ fn host_tpm(dir: &Path) -> HostTpm {
         .spawn()
         .expect("swtpm is installed");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", ctrl)).is_err() {
+    while !listening(ctrl) {
         assert!(Instant::now() < deadline, "swtpm did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -319,7 +327,7 @@ fn start_with_host_counter(dir: &Path, host: &HostTpm, fresh: bool) -> Result<Vt
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if TcpStream::connect(("127.0.0.1", ctrl)).is_ok() {
+        if listening(ctrl) {
             return Ok(Vtpm {
                 child,
                 data,
@@ -407,7 +415,7 @@ fn a_host_tpm_counter_catches_restoring_the_whole_state_directory() {
     };
     let wait = || {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", ctrl)).is_err() {
+        while !listening(ctrl) {
             assert!(Instant::now() < deadline);
             std::thread::sleep(Duration::from_millis(20));
         }

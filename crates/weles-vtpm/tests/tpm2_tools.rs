@@ -9,6 +9,14 @@ use std::time::{Duration, Instant};
 
 use weles_vtpm::ctrl::{self, Request};
 
+/// Whether something listens on `port`. A connect to a free loopback port can connect the socket
+/// to itself (TCP simultaneous open) when the kernel picks that same port as its source; that is
+/// not a listener, and holding it would even keep the vTPM from binding.
+fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port))
+        .is_ok_and(|s| s.local_addr().map(|a| a.port()).ok() != Some(port))
+}
+
 struct Vtpm {
     child: Child,
     data: u16,
@@ -44,7 +52,7 @@ impl Vtpm {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", ctrl)).is_err() {
+        while !listening(ctrl) {
             assert!(Instant::now() < deadline, "weles-vtpm did not start");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -1,0 +1,235 @@
+//! Manufacturing with a CA made by openssl, checked by openssl and tpm2-tools.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use weles_vtpm::events::{self, Message, Request};
+
+/// Whether something listens on `port`. A connect to a free loopback port can connect the socket
+/// to itself (TCP simultaneous open) when the kernel picks that same port as its source; that is
+/// not a listener, and holding it would even keep the vTPM from binding.
+fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port))
+        .is_ok_and(|s| s.local_addr().map(|a| a.port()).ok() != Some(port))
+}
+
+fn sh(dir: &Path, cmd: &str) -> Output {
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn free_pair() -> (u16, u16) {
+    loop {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return (p, p + 1);
+        }
+    }
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn manufactured_eks_and_certificates_check_out_with_openssl_and_tpm2_tools() {
+    let dir = std::env::temp_dir().join(format!("weles-vtpm-mfg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    sh(
+        &dir,
+        "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key 2>/dev/null",
+    );
+    sh(
+        &dir,
+        "openssl req -x509 -key ca.key -subj '/CN=WELES test vTPM CA' -days 2 -out ca.crt",
+    );
+
+    let manufacture = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_weles-vtpm"))
+            .args([
+                "manufacture",
+                "--tpmstate",
+                "dir=state",
+                "--vtpm-id",
+                "vm-42",
+                "--ca-key",
+                "ca.key",
+                "--ca-cert",
+                "ca.crt",
+            ])
+            .args(extra)
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let o = manufacture(&["--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["vtpm_id"], "vm-42");
+    assert_eq!(j["pcr_banks"], serde_json::json!(["sha1", "sha256"]));
+    let eks = j["eks"].as_array().unwrap();
+    assert_eq!(eks.len(), 2);
+    assert_eq!(eks[0]["kind"], "rsa");
+    assert_eq!(eks[0]["handle"], "0x81010001");
+    assert_eq!(eks[0]["certificate_nv"], "0x01c00002");
+    assert_eq!(eks[1]["kind"], "ecc");
+    assert_eq!(eks[1]["handle"], "0x81010002");
+    assert_eq!(eks[1]["certificate_nv"], "0x01c0000a");
+    let again = manufacture(&[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a TPM"));
+
+    for kind in ["rsa", "ecc"] {
+        sh(
+            &dir,
+            &format!("openssl x509 -inform DER -in state/ek-{kind}.der -out ek-{kind}.pem"),
+        );
+        let v = sh(
+            &dir,
+            &format!("openssl verify -CAfile ca.crt ek-{kind}.pem"),
+        );
+        assert!(String::from_utf8_lossy(&v.stdout).contains("OK"));
+        let text = sh(
+            &dir,
+            &format!("openssl x509 -in ek-{kind}.pem -noout -subject -issuer"),
+        );
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains("vm-42") && text.contains("WELES test vTPM CA"),
+            "{text}"
+        );
+    }
+
+    let (data, ctrl) = free_pair();
+    let (ev, _) = free_pair();
+    let _vtpm = Running(
+        Command::new(env!("CARGO_BIN_EXE_weles-vtpm"))
+            .args([
+                "socket",
+                "--tpm2",
+                "--flags",
+                "not-need-init,startup-clear",
+                "--vtpm-id",
+                "vm-42",
+                "--tpmstate",
+                "dir=state",
+            ])
+            .arg("--server")
+            .arg(format!("type=tcp,port={data}"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={ctrl}"))
+            .arg("--events")
+            .arg(format!("type=tcp,port={ev}"))
+            .current_dir(&dir)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listening(ev) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tcti = format!("TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port={data}");
+
+    // The persistent EKs are the certificates' keys, and are exactly the default-template EKs.
+    for (kind, handle, alg) in [("rsa", "0x81010001", "rsa"), ("ecc", "0x81010002", "ecc")] {
+        sh(
+            &dir,
+            &format!(
+                "{tcti} tpm2_readpublic -c {handle} -f pem -o tpm-{kind}.pem > tpm-{kind}.txt"
+            ),
+        );
+        sh(
+            &dir,
+            &format!("openssl x509 -in ek-{kind}.pem -pubkey -noout > cert-{kind}.pem"),
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join(format!("tpm-{kind}.pem"))).unwrap(),
+            std::fs::read_to_string(dir.join(format!("cert-{kind}.pem"))).unwrap(),
+            "{kind} EK certificate does not certify the persistent EK"
+        );
+        sh(
+            &dir,
+            &format!("{tcti} tpm2_createek -c ek-{kind}.ctx -G {alg} -u ek-{kind}.pub"),
+        );
+        sh(
+            &dir,
+            &format!(
+                "{tcti} tpm2_readpublic -c ek-{kind}.ctx > re-{kind}.txt; {tcti} tpm2_flushcontext -t; {tcti} tpm2_flushcontext -s"
+            ),
+        );
+        let name = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .unwrap()
+                .lines()
+                .find(|l| l.starts_with("name:"))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            name(&format!("tpm-{kind}.txt")),
+            name(&format!("re-{kind}.txt")),
+            "{kind} EK is not the default-template EK"
+        );
+    }
+
+    // Certificates are in the standard NV indices.
+    sh(
+        &dir,
+        &format!("{tcti} tpm2_nvread 0x01c00002 -C o -o nv-rsa.der"),
+    );
+    assert_eq!(
+        std::fs::read(dir.join("nv-rsa.der")).unwrap(),
+        std::fs::read(dir.join("state/ek-rsa.der")).unwrap()
+    );
+
+    // PCR banks: sha1 and sha256 allocated, nothing else.
+    let pcrs =
+        String::from_utf8_lossy(&sh(&dir, &format!("{tcti} tpm2_getcap pcrs")).stdout).into_owned();
+    assert!(
+        pcrs.contains("sha1: [ 0, 1, 2") && pcrs.contains("sha256: [ 0, 1, 2"),
+        "{pcrs}"
+    );
+    assert!(
+        !pcrs.contains("sha384: [ 0") && !pcrs.contains("sha512: [ 0"),
+        "{pcrs}"
+    );
+
+    // The manager reads the EK certificate through the event socket.
+    let mut s = TcpStream::connect(("127.0.0.1", ev)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&events::frame(&Request::EkCertificate {
+        kind: "ecc".into(),
+    }))
+    .unwrap();
+    match events::read_frame::<Message>(&mut s).unwrap().unwrap() {
+        Message::Certificate { kind, certificate } => {
+            assert_eq!(kind, "ecc");
+            assert_eq!(
+                hex::decode(certificate).unwrap(),
+                std::fs::read(dir.join("state/ek-ecc.der")).unwrap()
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
