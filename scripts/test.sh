@@ -22,8 +22,10 @@ log "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test (workspace)"
 cargo test --workspace --locked
-log "Keylime verdict parity"
-WELES_KEYLIME_PYTHON=$(keylime_python) cargo test --locked -p weles-cli --test keylime_parity -- --ignored
+log "Keylime verdict parity; Keylime's EK check on manufactured vTPMs"
+kl_python=$(keylime_python)
+WELES_KEYLIME_PYTHON=$kl_python cargo test --locked -p weles-cli --test keylime_parity -- --ignored
+WELES_KEYLIME_PYTHON=$kl_python cargo test --locked -p weles-vtpm --test manufacture -- --ignored
 log "QEMU guest with weles-vtpm as its TPM"
 cargo test --locked -p weles-vtpm --test qemu_guest -- --ignored
 log "all tests passed in $((SECONDS - start)) s"

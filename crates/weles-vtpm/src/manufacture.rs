@@ -150,6 +150,7 @@ pub fn manufacture(
     run(engine, "Shutdown", &command(0x145, &[], false, &[0, 0]))?;
     init("reset after PCR_Allocate")?;
 
+    let tpm = TpmIdentity::read(engine)?;
     let mut eks = Vec::new();
     for (kind, template, handle, nv) in [
         ("rsa", rsa_template(), RSA_EK_HANDLE, RSA_EK_CERT_NV),
@@ -195,7 +196,7 @@ pub fn manufacture(
         let spki = spki_of(&public).ok_or(ManufactureError::Response {
             step: "EK public area",
         })?;
-        let certificate = certificate(ca, spki, kind, vtpm_id)?;
+        let certificate = certificate(ca, spki, kind, vtpm_id, &tpm)?;
         store_certificate(engine, nv, &certificate)?;
         eks.push(Ek {
             kind,
@@ -330,6 +331,8 @@ struct EkProfile {
     issuer: Name,
     subject: Name,
     key_usage: KeyUsages,
+    /// The TCG EK Credential Profile's extensions (TPM attributes, EK purpose).
+    tcg: Vec<Extension>,
 }
 
 impl BuilderProfile for EkProfile {
@@ -347,14 +350,16 @@ impl BuilderProfile for EkProfile {
         _issuer_spk: SubjectPublicKeyInfoRef<'_>,
         tbs: &TbsCertificate,
     ) -> x509_cert::builder::Result<Vec<Extension>> {
-        Ok(vec![
+        let mut extensions = vec![
             BasicConstraints {
                 ca: false,
                 path_len_constraint: None,
             }
             .to_extension(tbs.subject(), &[])?,
             KeyUsage(self.key_usage.into()).to_extension(tbs.subject(), &[])?,
-        ])
+        ];
+        extensions.extend(self.tcg.iter().cloned());
+        Ok(extensions)
     }
 }
 
@@ -363,6 +368,7 @@ fn certificate(
     spki: SubjectPublicKeyInfoOwned,
     kind: &str,
     vtpm_id: &str,
+    tpm: &TpmIdentity,
 ) -> Result<Vec<u8>, ManufactureError> {
     let err = |e: &dyn std::fmt::Display| ManufactureError::Certificate(e.to_string());
     let subject = Name::from_str(&format!(
@@ -378,6 +384,7 @@ fn certificate(
         } else {
             KeyUsages::KeyAgreement
         },
+        tcg: tcg_extensions(tpm).map_err(|e| err(&e))?,
     };
     let mut serial = [0u8; 16];
     getrandom::fill(&mut serial).map_err(|e| err(&e))?;
@@ -390,6 +397,134 @@ fn certificate(
         .build::<_, p256::ecdsa::DerSignature>(&ca.key)
         .map_err(|e| err(&e))?;
     cert.to_der().map_err(|e| err(&e))
+}
+
+/// What the TPM reports about itself (TPM2_GetCapability, fixed properties): the EK
+/// certificate states it, as the TCG EK Credential Profile asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmIdentity {
+    /// TPM_PT_MANUFACTURER: the TCG vendor id (libtpms: "IBM").
+    pub manufacturer: u32,
+    /// TPM_PT_VENDOR_STRING_1..4, as text.
+    pub model: String,
+    /// TPM_PT_FIRMWARE_VERSION_1.
+    pub firmware: u32,
+    /// TPM_PT_FAMILY_INDICATOR ("2.0"), TPM_PT_LEVEL, TPM_PT_REVISION (e.g. 164 for 1.64).
+    pub family: String,
+    pub level: u32,
+    pub revision: u32,
+}
+
+impl TpmIdentity {
+    fn read(engine: &Engine) -> Result<TpmIdentity, ManufactureError> {
+        let prop = |p: u32| tpm_property(engine, p);
+        let text = |v: &[u32]| -> String {
+            let bytes: Vec<u8> = v.iter().flat_map(|w| w.to_be_bytes()).collect();
+            String::from_utf8_lossy(&bytes)
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>()
+                .trim()
+                .to_string()
+        };
+        let model = [prop(0x106)?, prop(0x107)?, prop(0x108)?, prop(0x109)?];
+        Ok(TpmIdentity {
+            manufacturer: prop(0x105)?,
+            model: text(&model),
+            firmware: prop(0x10b)?,
+            family: text(&[prop(0x100)?]),
+            level: prop(0x101)?,
+            revision: prop(0x102)?,
+        })
+    }
+}
+
+/// One TPM_CAP_TPM_PROPERTIES value.
+fn tpm_property(engine: &Engine, property: u32) -> Result<u32, ManufactureError> {
+    let mut params = 6u32.to_be_bytes().to_vec(); // TPM_CAP_TPM_PROPERTIES
+    params.extend_from_slice(&property.to_be_bytes());
+    params.extend_from_slice(&1u32.to_be_bytes());
+    let resp = run(
+        engine,
+        "GetCapability",
+        &command(0x17a, &[], false, &params),
+    )?;
+    // header(10) moreData(1) capability(4) count(4) property(4) value(4)
+    let word = |at: usize| {
+        resp.get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+    };
+    match (word(19), word(23)) {
+        (Some(p), Some(v)) if p == property => Ok(v),
+        _ => Err(ManufactureError::Response {
+            step: "GetCapability",
+        }),
+    }
+}
+
+// Object identifiers of the TCG EK Credential Profile, DER-encoded (tag 06 included).
+const OID_TPM_MANUFACTURER: [u8; 7] = [0x06, 0x05, 0x67, 0x81, 0x05, 0x02, 0x01];
+const OID_TPM_MODEL: [u8; 7] = [0x06, 0x05, 0x67, 0x81, 0x05, 0x02, 0x02];
+const OID_TPM_VERSION: [u8; 7] = [0x06, 0x05, 0x67, 0x81, 0x05, 0x02, 0x03];
+const OID_TPM_SPECIFICATION: [u8; 7] = [0x06, 0x05, 0x67, 0x81, 0x05, 0x02, 0x10];
+const OID_EK_CERTIFICATE: [u8; 7] = [0x06, 0x05, 0x67, 0x81, 0x05, 0x08, 0x01];
+
+/// The TCG EK Credential Profile's extensions:
+/// - subjectAltName: a directoryName with tcg-at-tpmManufacturer ("id:" + 8 hex digits),
+///   tcg-at-tpmModel and tcg-at-tpmVersion ("id:" + 8 hex digits), one attribute per RDN;
+/// - subjectDirectoryAttributes: tcg-at-tpmSpecification { family, level, revision };
+/// - extendedKeyUsage: tcg-kp-EKCertificate.
+///
+/// Not critical: the certificate has a subject, so verifiers that do not know them may ignore them.
+fn tcg_extensions(tpm: &TpmIdentity) -> Result<Vec<Extension>, x509_cert::der::Error> {
+    let utf8 = |s: &str| der_tlv(0x0c, s.as_bytes());
+    let rdn =
+        |oid: &[u8], value: &str| der_tlv(0x31, &der_tlv(0x30, &[oid, &utf8(value)[..]].concat()));
+    let name = der_tlv(
+        0x30,
+        &[
+            rdn(
+                &OID_TPM_MANUFACTURER,
+                &format!("id:{:08X}", tpm.manufacturer),
+            ),
+            rdn(&OID_TPM_MODEL, &tpm.model),
+            rdn(&OID_TPM_VERSION, &format!("id:{:08X}", tpm.firmware)),
+        ]
+        .concat(),
+    );
+    let san = der_tlv(0x30, &der_tlv(0xa4, &name));
+    let specification = der_tlv(
+        0x30,
+        &[
+            utf8(&tpm.family),
+            der_uint(&tpm.level.to_be_bytes()),
+            der_uint(&tpm.revision.to_be_bytes()),
+        ]
+        .concat(),
+    );
+    let sda = der_tlv(
+        0x30,
+        &der_tlv(
+            0x30,
+            &[&OID_TPM_SPECIFICATION[..], &der_tlv(0x31, &specification)].concat(),
+        ),
+    );
+    let eku = der_tlv(0x30, &OID_EK_CERTIFICATE);
+    let ext = |oid: &str, value: Vec<u8>| -> Result<Extension, x509_cert::der::Error> {
+        Ok(Extension {
+            extn_id: oid
+                .parse()
+                .map_err(|_| x509_cert::der::ErrorKind::OidMalformed)?,
+            critical: false,
+            extn_value: x509_cert::der::asn1::OctetString::new(value)?,
+        })
+    };
+    Ok(vec![
+        ext("2.5.29.17", san)?,
+        ext("2.5.29.9", sda)?,
+        ext("2.5.29.37", eku)?,
+    ])
 }
 
 /// RFC 4514 escaping for a value inside a distinguished name.

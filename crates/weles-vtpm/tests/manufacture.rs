@@ -215,6 +215,46 @@ fn manufactured_eks_and_certificates_check_out_with_openssl_and_tpm2_tools() {
         "{pcrs}"
     );
 
+    // The certificates state what the TPM reports about itself (TCG EK Credential Profile):
+    // manufacturer and firmware version in the subjectAltName, the EK purpose in the EKU.
+    let fixed =
+        String::from_utf8_lossy(&sh(&dir, &format!("{tcti} tpm2_getcap properties-fixed")).stdout)
+            .into_owned();
+    let raw = |prop: &str| {
+        let after = fixed
+            .split(&format!("{prop}:"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {prop} in {fixed}"));
+        let line = after.lines().find(|l| l.contains("raw:")).unwrap();
+        let hex = line.trim().trim_start_matches("raw: 0x").to_uppercase();
+        format!("{hex:0>8}")
+    };
+    let (manufacturer, firmware) = (
+        raw("TPM2_PT_MANUFACTURER"),
+        raw("TPM2_PT_FIRMWARE_VERSION_1"),
+    );
+    for kind in ["rsa", "ecc"] {
+        let text = String::from_utf8_lossy(
+            &sh(
+                &dir,
+                &format!("openssl x509 -in ek-{kind}.pem -noout -text"),
+            )
+            .stdout,
+        )
+        .into_owned();
+        assert!(
+            text.contains(&format!(
+                "DirName:/2.23.133.2.1=id:{manufacturer}/2.23.133.2.2="
+            )) && text.contains(&format!("/2.23.133.2.3=id:{firmware}")),
+            "{kind}: {text}"
+        );
+        assert!(text.contains("Subject Directory Attributes"), "{text}");
+        assert!(
+            text.contains("X509v3 Extended Key Usage: \n                2.23.133.8.1"),
+            "{text}"
+        );
+    }
+
     // The manager reads the EK certificate through the event socket.
     let mut s = TcpStream::connect(("127.0.0.1", ev)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -232,4 +272,72 @@ fn manufactured_eks_and_certificates_check_out_with_openssl_and_tpm2_tools() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Keylime's own EK check (`keylime.cert_utils.verify_ek`, the registrar's test against its
+/// `tpm_cert_store`) accepts the certificates when the store holds our CA, and refuses them
+/// when it holds another. Needs `WELES_KEYLIME_PYTHON` (a Python with keylime installed);
+/// `scripts/test.sh` provides it.
+#[test]
+#[ignore = "needs WELES_KEYLIME_PYTHON (scripts/test.sh sets it)"]
+fn keylime_accepts_the_ek_certificates_under_our_ca_only() {
+    let python = std::env::var("WELES_KEYLIME_PYTHON").expect("WELES_KEYLIME_PYTHON");
+    let dir = std::env::temp_dir().join(format!("weles-vtpm-mfg-kl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("ours")).unwrap();
+    std::fs::create_dir_all(dir.join("other")).unwrap();
+    for ca in ["ca", "other-ca"] {
+        sh(
+            &dir,
+            &format!(
+                "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {ca}.key 2>/dev/null \
+                 && openssl req -x509 -key {ca}.key -subj '/CN=WELES test vTPM CA' -days 2 -out {ca}.crt"
+            ),
+        );
+    }
+    // Same subject, different key: the store must match on the signature, not the name.
+    sh(
+        &dir,
+        "cp ca.crt ours/ca.pem && cp other-ca.crt other/ca.pem",
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_weles-vtpm"))
+        .args([
+            "manufacture",
+            "--tpmstate",
+            "dir=state",
+            "--vtpm-id",
+            "vm-7",
+            "--ca-key",
+            "ca.key",
+            "--ca-cert",
+            "ca.crt",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let check = r#"
+import sys
+from keylime import cert_utils
+for store in ("ours", "other"):
+    for kind in ("rsa", "ecc"):
+        with open(f"state/ek-{kind}.der", "rb") as f:
+            print(store, kind, cert_utils.verify_ek(f.read(), store))
+"#;
+    let o = Command::new(python)
+        .args(["-c", check])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for line in [
+        "ours rsa True",
+        "ours ecc True",
+        "other rsa False",
+        "other ecc False",
+    ] {
+        assert!(out.contains(line), "expected {line:?} in:\n{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
