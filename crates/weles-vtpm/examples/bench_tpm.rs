@@ -1,10 +1,14 @@
-//! TPM command latency over a swtpm-style data socket: the same raw TPM 2.0 frames to any TPM.
+//! TPM command latency over swtpm-style data sockets: the same raw TPM 2.0 frames to each TPM.
 //!
-//!     cargo run --release -p weles-vtpm --example bench_tpm -- PORT [LABEL]
+//!     cargo run --release -p weles-vtpm --example bench_tpm -- PORT[:LABEL] [PORT[:LABEL] ...]
 //!
 //! Times PCR_Extend (sha256, PCR 16), CreatePrimary (ECC P-256 signing key; FlushContext not
 //! timed), Sign (ECDSA P-256 / SHA-256) and Quote (restricted ECC P-256 key, PCR 16) and prints
-//! one JSON line with the median and 99th percentile of each, in microseconds.
+//! one JSON line per TPM with the median and 99th percentile of each, in microseconds.
+//!
+//! With several TPMs the commands are interleaved: iteration i sends one command to every TPM
+//! in turn (the order rotating with i), so slow drifts of the machine (frequency, other load,
+//! idle states) fall on all of them alike and the ratios compare like with like.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -92,80 +96,128 @@ fn flush(s: &mut TcpStream, h: u32) {
     send(s, &command(0x8001, 0x165, &[h], false, &[]));
 }
 
-fn stats(mut v: Vec<f64>) -> (f64, f64) {
+fn stats(mut v: Vec<f64>) -> [f64; 2] {
     v.sort_by(|a, b| a.total_cmp(b));
     let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    (p(0.5), p(0.99))
+    [p(0.5), p(0.99)]
 }
 
-fn time(n: usize, mut f: impl FnMut()) -> (f64, f64) {
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        f();
-        v.push(t.elapsed().as_secs_f64() * 1e6);
+struct Tpm {
+    label: String,
+    s: TcpStream,
+}
+
+/// Runs `n` iterations; in each, `f` once per TPM (rotating order). `f` returns the microseconds
+/// of the part it times. Returns the samples per TPM.
+fn interleaved(
+    tpms: &mut [Tpm],
+    n: usize,
+    mut f: impl FnMut(usize, &mut TcpStream) -> f64,
+) -> Vec<Vec<f64>> {
+    let mut samples = vec![Vec::with_capacity(n); tpms.len()];
+    for i in 0..n {
+        for k in 0..tpms.len() {
+            let j = (i + k) % tpms.len();
+            samples[j].push(f(j, &mut tpms[j].s));
+        }
     }
-    stats(v)
+    samples
+}
+
+/// Microseconds `f` took.
+fn timed(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64() * 1e6
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let port: u16 = args.next().expect("PORT").parse().expect("PORT");
-    let label = args.next().unwrap_or_default();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_nodelay(true).unwrap();
+    let mut tpms: Vec<Tpm> = std::env::args()
+        .skip(1)
+        .map(|a| {
+            let (port, label) = a.split_once(':').unwrap_or((&a, &a));
+            let port: u16 = port.parse().expect("PORT[:LABEL]");
+            let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_nodelay(true).unwrap();
+            Tpm {
+                label: label.to_string(),
+                s,
+            }
+        })
+        .collect();
+    assert!(!tpms.is_empty(), "usage: bench_tpm PORT[:LABEL] ...");
 
     let mut ext = vec![0, 0, 0, 1, 0, 0x0b];
     ext.extend_from_slice(&[0x5a; 32]);
     let extend = command(0x8002, 0x182, &[16], true, &ext);
-    for _ in 0..50 {
-        send(&mut s, &extend);
-    }
-    let extend_us = time(2000, || {
-        send(&mut s, &extend);
+    interleaved(&mut tpms, 50, |_, s| {
+        timed(|| {
+            send(s, &extend);
+        })
+    });
+    let extend_us = interleaved(&mut tpms, 2000, |_, s| {
+        timed(|| {
+            send(s, &extend);
+        })
     });
 
+    // CreatePrimary; the FlushContext after it is not timed.
     let cp = create_primary(false);
-    let mut samples = Vec::with_capacity(100);
-    for _ in 0..100 {
-        let t = Instant::now();
-        let r = send(&mut s, &cp);
-        samples.push(t.elapsed().as_secs_f64() * 1e6);
-        flush(&mut s, handle_of(&r));
-    }
-    let create_us = stats(samples);
+    let create_us = interleaved(&mut tpms, 100, |_, s| {
+        let mut r = Vec::new();
+        let us = timed(|| r = send(s, &cp));
+        flush(s, handle_of(&r));
+        us
+    });
 
-    let key = handle_of(&send(&mut s, &cp));
     let mut sp = vec![0, 32];
     sp.extend_from_slice(&[0x42; 32]);
     sp.extend_from_slice(&[0x00, 0x18, 0x00, 0x0b]); // ECDSA, sha256
     sp.extend_from_slice(&[0x80, 0x24, 0x40, 0x00, 0x00, 0x07, 0x00, 0x00]); // NULL ticket
-    let sign = command(0x8002, 0x15d, &[key], true, &sp);
-    let sign_us = time(500, || {
-        send(&mut s, &sign);
+    let signs: Vec<(u32, Vec<u8>)> = tpms
+        .iter_mut()
+        .map(|t| {
+            let key = handle_of(&send(&mut t.s, &cp));
+            (key, command(0x8002, 0x15d, &[key], true, &sp))
+        })
+        .collect();
+    let sign_us = interleaved(&mut tpms, 500, |j, s| {
+        timed(|| {
+            send(s, &signs[j].1);
+        })
     });
-    flush(&mut s, key);
+    for (t, (key, _)) in tpms.iter_mut().zip(&signs) {
+        flush(&mut t.s, *key);
+    }
 
-    let ak = handle_of(&send(&mut s, &create_primary(true)));
     let mut qp = vec![0, 8];
     qp.extend_from_slice(b"noncenon");
     qp.extend_from_slice(&[0x00, 0x10]); // scheme NULL: the key's
     qp.extend_from_slice(&[0, 0, 0, 1, 0x00, 0x0b, 3, 0x00, 0x00, 0x01]); // sha256:16
-    let quote = command(0x8002, 0x158, &[ak], true, &qp);
-    let quote_us = time(500, || {
-        send(&mut s, &quote);
+    let quotes: Vec<(u32, Vec<u8>)> = tpms
+        .iter_mut()
+        .map(|t| {
+            let ak = handle_of(&send(&mut t.s, &create_primary(true)));
+            (ak, command(0x8002, 0x158, &[ak], true, &qp))
+        })
+        .collect();
+    let quote_us = interleaved(&mut tpms, 500, |j, s| {
+        timed(|| {
+            send(s, &quotes[j].1);
+        })
     });
-    flush(&mut s, ak);
+    for (t, (ak, _)) in tpms.iter_mut().zip(&quotes) {
+        flush(&mut t.s, *ak);
+    }
 
-    println!(
-        "{{\"label\": \"{label}\", \"pcr_extend_us\": [{:.1}, {:.1}], \"create_primary_us\": [{:.1}, {:.1}], \"sign_us\": [{:.1}, {:.1}], \"quote_us\": [{:.1}, {:.1}]}}",
-        extend_us.0,
-        extend_us.1,
-        create_us.0,
-        create_us.1,
-        sign_us.0,
-        sign_us.1,
-        quote_us.0,
-        quote_us.1
-    );
+    for (j, t) in tpms.iter().enumerate() {
+        let [e50, e99] = stats(extend_us[j].clone());
+        let [c50, c99] = stats(create_us[j].clone());
+        let [s50, s99] = stats(sign_us[j].clone());
+        let [q50, q99] = stats(quote_us[j].clone());
+        println!(
+            "{{\"label\": \"{}\", \"pcr_extend_us\": [{e50:.1}, {e99:.1}], \"create_primary_us\": [{c50:.1}, {c99:.1}], \"sign_us\": [{s50:.1}, {s99:.1}], \"quote_us\": [{q50:.1}, {q99:.1}]}}",
+            t.label
+        );
+    }
 }

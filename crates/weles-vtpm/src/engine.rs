@@ -89,6 +89,9 @@ pub enum EngineError {
 
 struct Inner {
     running: bool,
+    /// Whether commands are recorded as events. Off when nobody can ever listen (started
+    /// without an event socket), so a plain swtpm replacement does no work for events.
+    recording: bool,
     /// Last known value of each PCR (per bank), so an extend's event needs no PCR_Read round
     /// trip: the new value is computed as the TPM does. Cleared by anything else that can
     /// change PCRs; a PCR not in the cache is read from the TPM.
@@ -128,11 +131,20 @@ impl Engine {
         Ok(Engine {
             inner: Mutex::new(Inner {
                 running: false,
+                recording: true,
                 pcrs: BTreeMap::new(),
             }),
             store,
             events: Arc::new(EventLog::new(EVENT_RING)),
         })
+    }
+
+    /// Stops (or resumes) recording events; for a process that has no event socket. The PCR
+    /// cache is dropped with it, since extends are no longer followed.
+    pub fn set_recording(&self, on: bool) {
+        let mut g = self.lock();
+        g.recording = on;
+        g.pcrs.clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -190,7 +202,7 @@ impl Engine {
         }
         let response =
             ffi::process(command).unwrap_or_else(|_| frame::error_response(frame::TPM_RC_FAILURE));
-        if tpm_cmd::response_code(&response) == Some(0) {
+        if g.recording && tpm_cmd::response_code(&response) == Some(0) {
             self.record(&mut g, command, &response);
         }
         response

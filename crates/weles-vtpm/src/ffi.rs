@@ -233,37 +233,47 @@ pub fn terminate() {
     unsafe { TPMLIB_Terminate() }
 }
 
+/// The response buffer libtpms writes into, kept across commands as swtpm keeps its own:
+/// libtpms reallocates it only when a response does not fit, so a command costs no allocation
+/// on that side.
+struct ResponseBuffer {
+    ptr: *mut c_uchar,
+    capacity: u32,
+}
+
+// SAFETY: the buffer is owned memory from libtpms' allocator, reached only through the mutex
+// below; it is not tied to the thread that allocated it.
+unsafe impl Send for ResponseBuffer {}
+
+static RESPONSE: std::sync::Mutex<ResponseBuffer> = std::sync::Mutex::new(ResponseBuffer {
+    ptr: std::ptr::null_mut(),
+    capacity: 0,
+});
+
 /// Runs one TPM command; returns the response bytes.
 pub fn process(cmd: &[u8]) -> Result<Vec<u8>, TpmResult> {
+    // libtpms' prototype takes a mutable pointer; it gets a copy so our input stays ours.
     let mut command = cmd.to_vec();
     let cmd_len = u32::try_from(command.len()).map_err(|_| TPM_SIZE)?;
-    let mut resp: *mut c_uchar = std::ptr::null_mut();
+    let Ok(mut buf) = RESPONSE.lock() else {
+        return Err(TPM_FAIL);
+    };
     let mut resp_size: u32 = 0;
-    let mut resp_buf_size: u32 = 0;
-    // SAFETY: libtpms reads `cmd_len` bytes from our owned buffer and (re)allocates `resp` with
-    // TPM_Malloc/TPM_Realloc, reporting its size; all out-pointers are valid locals.
-    let rc = unsafe {
-        TPMLIB_Process(
-            &mut resp,
-            &mut resp_size,
-            &mut resp_buf_size,
-            command.as_mut_ptr(),
-            cmd_len,
-        )
-    };
-    let out = if rc == TPM_SUCCESS && !resp.is_null() && resp_size <= resp_buf_size {
-        // SAFETY: libtpms wrote `resp_size` valid bytes into `resp`, whose capacity it reported.
-        Ok(unsafe { std::slice::from_raw_parts(resp, resp_size as usize) }.to_vec())
-    } else if rc == TPM_SUCCESS {
-        Err(TPM_FAIL)
-    } else {
-        Err(rc)
-    };
-    if !resp.is_null() {
-        // SAFETY: `resp` was allocated by libtpms' allocator and is not used after this.
-        unsafe { TPM_Free(resp) };
+    let ResponseBuffer { ptr, capacity } = &mut *buf;
+    // SAFETY: libtpms reads `cmd_len` bytes from our owned copy; `ptr`/`capacity` describe a
+    // buffer from its own allocator (or null/0), which it reallocates with TPM_Realloc when a
+    // response does not fit, updating both; all out-pointers are valid for the call.
+    let rc =
+        unsafe { TPMLIB_Process(ptr, &mut resp_size, capacity, command.as_mut_ptr(), cmd_len) };
+    if rc != TPM_SUCCESS {
+        return Err(rc);
     }
-    out
+    if buf.ptr.is_null() || resp_size > buf.capacity {
+        return Err(TPM_FAIL);
+    }
+    // SAFETY: libtpms wrote `resp_size` bytes into the buffer, whose capacity it reported; the
+    // mutex keeps anyone else from touching it while we copy.
+    Ok(unsafe { std::slice::from_raw_parts(buf.ptr, resp_size as usize) }.to_vec())
 }
 
 pub fn cancel() -> TpmResult {

@@ -121,6 +121,8 @@ pub struct Options {
 
 /// Runs until CMD_SHUTDOWN, or until a data channel handed over by SET_DATAFD closes.
 pub fn run(engine: Arc<Engine>, opts: Options) -> anyhow::Result<()> {
+    // Without an event socket nobody can ever read the events: do not record them.
+    engine.set_recording(opts.events.is_some());
     if opts.init_at_start {
         start_tpm(&engine, opts.startup)?;
     }
