@@ -74,6 +74,18 @@ impl Ca {
             .map_err(|e| ManufactureError::CaKey(e.to_string()))?;
         let cert = Certificate::from_pem(cert_pem.as_bytes())
             .map_err(|e| ManufactureError::CaCert(e.to_string()))?;
+        // Certificates signed by a key other than the certificate's would verify nowhere.
+        let ours = key.verifying_key().to_sec1_point(false);
+        let certified = cert
+            .tbs_certificate()
+            .subject_public_key_info()
+            .subject_public_key
+            .raw_bytes();
+        if ours.as_bytes() != certified {
+            return Err(ManufactureError::CaCert(
+                "its public key is not the CA key's (wrong --ca-key or --ca-cert?)".into(),
+            ));
+        }
         Ok(Ca {
             key,
             subject: cert.tbs_certificate().subject().clone(),

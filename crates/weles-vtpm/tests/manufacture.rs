@@ -82,6 +82,25 @@ fn manufactured_eks_and_certificates_check_out_with_openssl_and_tpm2_tools() {
             .output()
             .unwrap()
     };
+    // A CA key that is not the CA certificate's is refused before anything is created.
+    sh(
+        &dir,
+        "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other.key 2>/dev/null",
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_weles-vtpm"))
+        .args(["manufacture", "--tpmstate", "dir=mismatch"])
+        .args(["--ca-key", "other.key", "--ca-cert", "ca.crt"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not the CA key's"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!dir.join("mismatch/tpm-state.sealed").exists());
+
     let o = manufacture(&["--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
