@@ -1,7 +1,6 @@
 //! The event stream and management requests, with tpm2-tools playing the guest.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -9,22 +8,9 @@ use std::time::{Duration, Instant};
 
 use weles_vtpm::events::{self, BankDigest, Event, Message, Request};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_pair() -> (u16, u16) {
-    loop {
-        let p = free_port();
-        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return (p, p + 1);
-        }
-    }
-}
+#[allow(dead_code)] // `listening` is not needed here
+mod support;
+use support::free_ports;
 
 struct Vtpm {
     child: Child,
@@ -46,7 +32,7 @@ fn start() -> Vtpm {
     let dir = std::env::temp_dir().join(format!("weles-vtpm-events-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (data, ctrl) = free_pair();
+    let (data, ctrl) = free_ports();
     // The event socket is a Unix socket in this test's own directory, so a listener can never
     // reach another test's vTPM through a reused port.
     let ev = dir.join("events.sock");

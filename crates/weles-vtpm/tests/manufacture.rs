@@ -1,20 +1,15 @@
 //! Manufacturing with a CA made by openssl, checked by openssl and tpm2-tools.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use weles_vtpm::events::{self, Message, Request};
 
-/// Whether something listens on `port`. A connect to a free loopback port can connect the socket
-/// to itself (TCP simultaneous open) when the kernel picks that same port as its source; that is
-/// not a listener, and holding it would even keep the vTPM from binding.
-fn listening(port: u16) -> bool {
-    TcpStream::connect(("127.0.0.1", port))
-        .is_ok_and(|s| s.local_addr().map(|a| a.port()).ok() != Some(port))
-}
+mod support;
+use support::{free_ports, listening};
 
 fn sh(dir: &Path, cmd: &str) -> Output {
     let o = Command::new("sh")
@@ -29,16 +24,6 @@ fn sh(dir: &Path, cmd: &str) -> Output {
         String::from_utf8_lossy(&o.stderr)
     );
     o
-}
-
-fn free_pair() -> (u16, u16) {
-    loop {
-        let a = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return (p, p + 1);
-        }
-    }
 }
 
 struct Running(Child);
@@ -139,8 +124,8 @@ fn manufactured_eks_and_certificates_check_out_with_openssl_and_tpm2_tools() {
         );
     }
 
-    let (data, ctrl) = free_pair();
-    let (ev, _) = free_pair();
+    let (data, ctrl) = free_ports();
+    let (ev, _) = free_ports();
     let _vtpm = Running(
         Command::new(env!("CARGO_BIN_EXE_weles-vtpm"))
             .args([

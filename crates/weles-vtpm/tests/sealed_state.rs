@@ -1,28 +1,12 @@
 //! The state at rest, end to end through the real binary and tpm2-tools: rollback and foreign
 //! state are refused at start, and a crash at any point of a write loses nothing.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Whether something listens on `port`. A connect to a free loopback port can connect the socket
-/// to itself (TCP simultaneous open) when the kernel picks that same port as its source; that is
-/// not a listener, and holding it would even keep the vTPM from binding.
-fn listening(port: u16) -> bool {
-    TcpStream::connect(("127.0.0.1", port))
-        .is_ok_and(|s| s.local_addr().map(|a| a.port()).ok() != Some(port))
-}
-
-fn free_ports() -> (u16, u16) {
-    loop {
-        let a = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return (p, p + 1);
-        }
-    }
-}
+mod support;
+use support::{free_ports, listening};
 
 struct Vtpm {
     child: Child,
@@ -30,33 +14,24 @@ struct Vtpm {
     dir: PathBuf,
 }
 
-/// Starts weles-vtpm on `dir`; `Err(output)` if it exits instead of serving.
-fn start(dir: &Path, id: &str, fault: Option<&str>) -> Result<Vtpm, Output> {
-    let (data, ctrl) = free_ports();
+/// weles-vtpm with swtpm's arguments on `dir/state`, output captured.
+fn vtpm_command(dir: &Path, id: &str, data: u16, ctrl: u16) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weles-vtpm"));
-    cmd.args([
-        "socket",
-        "--tpm2",
-        "--flags",
-        "not-need-init,startup-clear",
-        "--vtpm-id",
-        id,
-    ])
-    .arg("--server")
-    .arg(format!("type=tcp,port={data},bindaddr=127.0.0.1"))
-    .arg("--ctrl")
-    .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-    .arg("--tpmstate")
-    .arg(format!("dir={}", dir.join("state").display()))
-    .arg("--seal")
-    .arg(format!("sim,keyfile={}", dir.join("seal.key").display()))
-    .arg("--monotonic")
-    .arg(format!("file={}", dir.join("counter").display()))
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    if let Some(f) = fault {
-        cmd.env("WELES_VTPM_FAULT", f);
-    }
+    cmd.args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+        .args(["--vtpm-id", id])
+        .arg("--server")
+        .arg(format!("type=tcp,port={data},bindaddr=127.0.0.1"))
+        .arg("--ctrl")
+        .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
+        .arg("--tpmstate")
+        .arg(format!("dir={}", dir.join("state").display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Spawns `cmd` and waits until it serves on `ctrl`; `Err(output)` if it exits instead.
+fn serving(mut cmd: Command, data: u16, ctrl: u16, dir: &Path) -> Result<Vtpm, Output> {
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -76,6 +51,20 @@ fn start(dir: &Path, id: &str, fault: Option<&str>) -> Result<Vtpm, Output> {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Starts weles-vtpm on `dir`; `Err(output)` if it exits instead of serving.
+fn start(dir: &Path, id: &str, fault: Option<&str>) -> Result<Vtpm, Output> {
+    let (data, ctrl) = free_ports();
+    let mut cmd = vtpm_command(dir, id, data, ctrl);
+    cmd.arg("--seal")
+        .arg(format!("sim,keyfile={}", dir.join("seal.key").display()))
+        .arg("--monotonic")
+        .arg(format!("file={}", dir.join("counter").display()));
+    if let Some(f) = fault {
+        cmd.env("WELES_VTPM_FAULT", f);
+    }
+    serving(cmd, data, ctrl, dir)
 }
 
 impl Vtpm {
@@ -299,50 +288,15 @@ fn host_tpm(dir: &Path) -> HostTpm {
 /// weles-vtpm with its version recorded in an NV counter of `host`.
 fn start_with_host_counter(dir: &Path, host: &HostTpm, fresh: bool) -> Result<Vtpm, Output> {
     let (data, ctrl) = free_ports();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weles-vtpm"));
-    cmd.args([
-        "socket",
-        "--tpm2",
-        "--flags",
-        "not-need-init,startup-clear",
-        "--vtpm-id",
-        "vm",
-    ])
-    .arg("--server")
-    .arg(format!("type=tcp,port={data},bindaddr=127.0.0.1"))
-    .arg("--ctrl")
-    .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-    .arg("--tpmstate")
-    .arg(format!("dir={}", dir.join("state").display()))
-    .arg("--monotonic")
-    .arg(format!(
+    let mut cmd = vtpm_command(dir, "vm", data, ctrl);
+    cmd.arg("--monotonic").arg(format!(
         "type=tpm,host=127.0.0.1,port={},index=0x01500100",
         host.port
-    ))
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    ));
     if fresh {
         cmd.arg("--fresh-state");
     }
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if listening(ctrl) {
-            return Ok(Vtpm {
-                child,
-                data,
-                dir: dir.to_path_buf(),
-            });
-        }
-        if let Ok(Some(_)) = child.try_wait() {
-            return Err(child.wait_with_output().unwrap());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "weles-vtpm neither served nor exited"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    serving(cmd, data, ctrl, dir)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
