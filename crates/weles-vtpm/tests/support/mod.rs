@@ -1,13 +1,23 @@
 //! Helpers shared by the integration tests that start weles-vtpm (or swtpm) on loopback ports.
 
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU16, Ordering};
 
 /// Two adjacent free ports: tpm2-tools' swtpm TCTI expects the control channel at data + 1.
+///
+/// Taken from a process-wide counter below the kernel's ephemeral range (32768 and up): ports
+/// found by binding port 0 and letting go could be handed out again to a test running in
+/// parallel before its TPM binds them, and then one TPM serves both tests. Here no two tests of
+/// this binary get the same port, and bind(0) never gives these out; a port some other program
+/// holds is skipped.
 pub fn free_ports() -> (u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 3_000) as u16 * 2;
     loop {
-        let a = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+        let p = base + NEXT.fetch_add(2, Ordering::Relaxed) % 6_000;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
+        {
             return (p, p + 1);
         }
     }
