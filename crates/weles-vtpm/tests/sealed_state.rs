@@ -105,6 +105,20 @@ impl Vtpm {
             .then(|| std::fs::read(self.dir.join("nv.out")).unwrap())
     }
 
+    /// Defines the 8-byte owner NV index the tests write and read.
+    fn nv_define(&self) {
+        self.ok(&[
+            "tpm2_nvdefine",
+            "0x1500030",
+            "-C",
+            "o",
+            "-s",
+            "8",
+            "-a",
+            "ownerread|ownerwrite",
+        ]);
+    }
+
     fn nv_write(&self, value: &[u8; 8]) -> Output {
         std::fs::write(self.dir.join("nv.in"), value).unwrap();
         self.tool(&["tpm2_nvwrite", "0x1500030", "-C", "o", "-i", "nv.in"])
@@ -136,16 +150,7 @@ fn tempdir(tag: &str) -> PathBuf {
 
 fn with_nv(dir: &Path, id: &str, value: &[u8; 8]) {
     let t = start(dir, id, None).unwrap();
-    t.ok(&[
-        "tpm2_nvdefine",
-        "0x1500030",
-        "-C",
-        "o",
-        "-s",
-        "8",
-        "-a",
-        "ownerread|ownerwrite",
-    ]);
+    t.nv_define();
     assert!(t.nv_write(value).status.success());
     t.kill();
 }
@@ -323,16 +328,7 @@ fn a_host_tpm_counter_catches_restoring_the_whole_state_directory() {
         String::from_utf8_lossy(&out.stderr)
     );
     let t = start_with_host_counter(&dir, &host, true).unwrap();
-    t.ok(&[
-        "tpm2_nvdefine",
-        "0x1500030",
-        "-C",
-        "o",
-        "-s",
-        "8",
-        "-a",
-        "ownerread|ownerwrite",
-    ]);
+    t.nv_define();
     assert!(t.nv_write(b"snapshot").status.success());
     t.kill();
 
