@@ -118,6 +118,7 @@ impl Chain {
                 if !*on {
                     continue;
                 }
+                self.state.extends += 1;
                 for (b, bank) in banks.iter().enumerate() {
                     let len = bank.digest_len();
                     let d = Digest::new(bank.algorithm(), &digests[at..at + len])
@@ -181,6 +182,7 @@ where
         state: State {
             format,
             entries: 0,
+            extends: 0,
             offset: 0,
             pcrs: banks.iter().map(|b| b.zero()).collect(),
         },

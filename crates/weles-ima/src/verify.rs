@@ -125,6 +125,9 @@ pub struct Config {
     pub max_violations: usize,
     /// Bytes of log per work unit in [`crate::verify_parallel`].
     pub chunk_bytes: usize,
+    /// Keep the replayed PCR values after each of the last this-many extends, so that a PCR value
+    /// read *after* the log was fed can be located ([`Verifier::replay_after`]). 0: keep none.
+    pub replay_history: usize,
 }
 
 impl Default for Config {
@@ -135,6 +138,7 @@ impl Default for Config {
             limits: Limits::default(),
             max_violations: 10_000,
             chunk_bytes: 128 * 1024,
+            replay_history: 0,
         }
     }
 }
@@ -146,6 +150,8 @@ pub struct State {
     pub format: Option<LogFormat>,
     /// Entries consumed.
     pub entries: u64,
+    /// Entries consumed that extend the verified PCR: each one is one TPM extend of it.
+    pub extends: u64,
     /// Bytes of the log consumed (the offset the next entry starts at).
     pub offset: u64,
     /// Running PCR value per replayed bank after `entries` entries.
@@ -158,6 +164,7 @@ impl State {
         State {
             format: None,
             entries: 0,
+            extends: 0,
             offset: 0,
             pcrs: banks.iter().map(|b| b.zero()).collect(),
         }
@@ -188,6 +195,8 @@ pub struct Verifier {
     violations_total: u64,
     /// Bytes of an incomplete trailing entry, kept until the rest arrives.
     pending: Vec<u8>,
+    /// `(extends, pcrs)` after each of the last `config.replay_history` extends, oldest first.
+    history: std::collections::VecDeque<(u64, Vec<Digest>)>,
 }
 
 impl Verifier {
@@ -203,6 +212,7 @@ impl Verifier {
             violations: Vec::new(),
             violations_total: 0,
             pending: Vec::new(),
+            history: std::collections::VecDeque::new(),
         }
     }
 
@@ -271,6 +281,20 @@ impl Verifier {
     /// Takes the violations found so far (a monitor drains them after each feed).
     pub fn take_violations(&mut self) -> Vec<Violation> {
         std::mem::take(&mut self.violations)
+    }
+
+    /// The replayed PCR values (one per bank, in [`State::pcrs`] order) after exactly `extends`
+    /// extends: the current state's, or one kept in the bounded history. `None` if that point is
+    /// ahead of the log or older than the history.
+    pub fn replay_after(&self, extends: u64) -> Option<&[Digest]> {
+        if extends == self.state.extends {
+            return Some(&self.state.pcrs);
+        }
+        self.history
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == extends)
+            .map(|(_, pcrs)| pcrs.as_slice())
     }
 
     /// Bytes waiting for the rest of their entry.
@@ -377,10 +401,18 @@ impl Verifier {
     fn verify_entry(&mut self, entry: &Entry<'_>, appraiser: &dyn Appraise) {
         let (hash_ok, sha1) = check_template_hash(entry);
         if entry.pcr == self.config.pcr_index {
+            if self.config.replay_history > 0 {
+                if self.history.len() >= self.config.replay_history {
+                    self.history.pop_front();
+                }
+                self.history
+                    .push_back((self.state.extends, self.state.pcrs.clone()));
+            }
             for (i, bank) in self.banks.iter().enumerate() {
                 let d = bank_digest(entry, *bank, sha1.as_ref());
                 self.state.pcrs[i] = bank.extend(&self.state.pcrs[i], &d);
             }
+            self.state.extends += 1;
             let entries_after = self.state.entries + 1;
             for m in &mut self.expected {
                 if self.state.pcr(m.bank) == Some(&m.expected) {

@@ -665,3 +665,45 @@ proptest! {
         let _ = verify_parallel(&bin, &Config { chunk_bytes: 32, ..Config::default() }, &[], 2, || Ok::<_, ()>(Picky));
     }
 }
+
+#[test]
+fn replay_after_finds_recent_extend_points_and_forgets_older_ones() {
+    let log = every_template(ByteOrder::Little);
+    let (_, entries) = parse_all(&log, Default::default()).expect("parses");
+    let on_pcr10: Vec<&Entry<'_>> = entries.iter().filter(|e| e.pcr == 10).collect();
+    assert!(
+        on_pcr10.len() >= 4,
+        "the fixture extends PCR 10 several times"
+    );
+    let mut v = Verifier::new(Config {
+        banks: vec![Bank::Sha256],
+        replay_history: 2,
+        ..Config::default()
+    });
+    v.verify_all(&log, &AcceptAll).expect("verifies");
+    let n = v.state().extends;
+    assert_eq!(n, on_pcr10.len() as u64);
+    let at = |k: usize| {
+        manual_replay(
+            &on_pcr10[..k]
+                .iter()
+                .map(|e| (*e).clone())
+                .collect::<Vec<_>>(),
+            Bank::Sha256,
+        )
+    };
+    assert_eq!(v.replay_after(n), Some(&[at(n as usize)][..]));
+    assert_eq!(v.replay_after(n - 1), Some(&[at(n as usize - 1)][..]));
+    assert_eq!(v.replay_after(n - 2), Some(&[at(n as usize - 2)][..]));
+    assert_eq!(v.replay_after(n - 3), None, "older than the history");
+    assert_eq!(v.replay_after(n + 1), None, "ahead of the log");
+
+    // Without a history only the current point is known.
+    let mut v = Verifier::new(Config {
+        banks: vec![Bank::Sha256],
+        ..Config::default()
+    });
+    v.verify_all(&log, &AcceptAll).expect("verifies");
+    assert!(v.replay_after(n).is_some());
+    assert_eq!(v.replay_after(n - 1), None);
+}
