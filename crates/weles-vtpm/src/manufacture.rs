@@ -93,6 +93,75 @@ impl Ca {
     }
 }
 
+/// A new self-signed EK CA (ECDSA P-256, 20 years), as the manager creates for its vTPMs:
+/// its PKCS#8 private key and its certificate, both PEM.
+pub fn new_ca(common_name: &str) -> Result<(zeroize::Zeroizing<String>, String), ManufactureError> {
+    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    use x509_cert::der::EncodePem;
+    let err = |e: &dyn std::fmt::Display| ManufactureError::Certificate(e.to_string());
+    let key = loop {
+        let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::fill(raw.as_mut()).map_err(|e| err(&e))?;
+        // Fails only for the zero scalar or one ≥ the group order (probability ~2^-32).
+        if let Ok(k) = p256::ecdsa::SigningKey::from_slice(raw.as_ref()) {
+            break k;
+        }
+    };
+    let subject =
+        Name::from_str(&format!("CN={},O=WELES", escape(common_name))).map_err(|e| err(&e))?;
+    let spki_der = key
+        .verifying_key()
+        .to_public_key_der()
+        .map_err(|e| err(&e))?;
+    let spki = SubjectPublicKeyInfoOwned::from_der(spki_der.as_bytes()).map_err(|e| err(&e))?;
+    let mut serial = [0u8; 16];
+    getrandom::fill(&mut serial).map_err(|e| err(&e))?;
+    serial[0] &= 0x7f;
+    let serial = SerialNumber::new(&serial).map_err(|e| err(&e))?;
+    let validity =
+        Validity::from_now(Duration::from_secs(20 * 365 * 86_400)).map_err(|e| err(&e))?;
+    let profile = CaProfile { subject };
+    let builder = CertificateBuilder::new(profile, serial, validity, spki).map_err(|e| err(&e))?;
+    let cert = builder
+        .build::<_, p256::ecdsa::DerSignature>(&key)
+        .map_err(|e| err(&e))?;
+    let cert_pem = cert.to_pem(LineEnding::LF).map_err(|e| err(&e))?;
+    let key_pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| err(&e))?;
+    Ok((zeroize::Zeroizing::new(key_pem.to_string()), cert_pem))
+}
+
+/// A root CA that signs only certificates (EK certificates).
+struct CaProfile {
+    subject: Name,
+}
+
+impl BuilderProfile for CaProfile {
+    fn get_issuer(&self, _subject: &Name) -> Name {
+        self.subject.clone()
+    }
+
+    fn get_subject(&self) -> Name {
+        self.subject.clone()
+    }
+
+    fn build_extensions(
+        &self,
+        _spk: SubjectPublicKeyInfoRef<'_>,
+        _issuer_spk: SubjectPublicKeyInfoRef<'_>,
+        tbs: &TbsCertificate,
+    ) -> x509_cert::builder::Result<Vec<Extension>> {
+        Ok(vec![
+            BasicConstraints {
+                ca: true,
+                path_len_constraint: Some(0),
+            }
+            .to_extension(tbs.subject(), &[])?,
+            KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)
+                .to_extension(tbs.subject(), &[])?,
+        ])
+    }
+}
+
 /// One endorsement key: where it lives, its public area and its certificate (DER).
 #[derive(Clone, Debug)]
 pub struct Ek {

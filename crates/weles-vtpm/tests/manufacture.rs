@@ -345,3 +345,53 @@ for store in ("ours", "other"):
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_generated_ca_is_a_ca_to_openssl_and_issues_verifiable_ek_certificates() {
+    let dir = std::env::temp_dir().join(format!("weles-vtpm-newca-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, cert) = weles_vtpm::manufacture::new_ca("welesd EK CA test").unwrap();
+    weles_vtpm::manufacture::Ca::from_pem(&key, &cert)
+        .expect("key and certificate belong together");
+    std::fs::write(dir.join("ca.crt"), &cert).unwrap();
+    let text = sh(&dir, "openssl x509 -in ca.crt -noout -text").stdout;
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
+    assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
+    assert!(
+        text.contains("Subject: O = WELES, CN = welesd EK CA test"),
+        "{text}"
+    );
+    // The key goes in through a pipe, as welesd passes it (never written to disk).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weles-vtpm"))
+        .args([
+            "manufacture",
+            "--tpmstate",
+            "dir=state",
+            "--vtpm-id",
+            "vm-ca",
+        ])
+        .args(["--ca-key", "/dev/stdin", "--ca-cert", "ca.crt"])
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(key.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    for ek in ["ek-rsa.der", "ek-ecc.der"] {
+        sh(
+            &dir,
+            &format!(
+                "openssl x509 -inform DER -in state/{ek} -out {ek}.pem && openssl verify -CAfile ca.crt {ek}.pem"
+            ),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

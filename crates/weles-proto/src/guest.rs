@@ -1,0 +1,272 @@
+//! The guest channel (`docs/guest-protocol.md`): weles-guest in the VM ↔ the manager on the host.
+//!
+//! Each message is one [`crate::framing`] frame whose body starts with a one-byte kind. Guest
+//! messages have kinds below 0x80, manager messages 0x80 and above, so a frame sent the wrong way
+//! is refused rather than misread. Everything the guest sends is untrusted: the manager believes
+//! log bytes only once they replay to the PCR values it reads from the vTPM itself.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::framing::{self, MAX_FRAME};
+
+/// The protocol version weles-guest announces in [`Hello`].
+pub const VERSION: u32 = 1;
+
+/// Most log bytes in one [`GuestMessage::Log`]: a frame less its kind byte and offset.
+pub const MAX_LOG_CHUNK: usize = MAX_FRAME - 9;
+
+const HELLO: u8 = 0x01;
+const LOG: u8 = 0x02;
+const LOG_ERROR: u8 = 0x03;
+const WANT: u8 = 0x81;
+
+/// The guest's first message after connecting, and again after it restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    /// The guest kernel's `/proc/sys/kernel/random/boot_id`: a new value means a new boot.
+    pub boot_id: String,
+    /// `weles-guest <version>`.
+    pub agent: String,
+}
+
+/// Guest → manager.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestMessage {
+    Hello(Hello),
+    /// IMA log bytes (`binary_runtime_measurements`) starting at byte `offset` of the log.
+    Log {
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// The guest cannot read its IMA log; the text says why.
+    LogError(String),
+}
+
+/// Manager → guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManagerMessage {
+    /// Send the log from byte `offset` on, then every byte appended to it, as it appears.
+    Want { offset: u64 },
+}
+
+/// Why a frame is not a valid message. Names the byte offset within the frame body.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MessageError {
+    #[error("empty frame: no message kind")]
+    Empty,
+    #[error("unknown message kind 0x{kind:02x} at byte 0")]
+    UnknownKind { kind: u8 },
+    #[error("{what} is {len} bytes, expected {expected} (from byte 1)")]
+    BadLength {
+        what: &'static str,
+        len: usize,
+        expected: usize,
+    },
+    #[error("{what} at byte 1 is not valid: {reason}")]
+    BadBody { what: &'static str, reason: String },
+}
+
+impl GuestMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            GuestMessage::Hello(h) => {
+                let mut out = vec![HELLO];
+                out.extend_from_slice(&serde_json::to_vec(h).unwrap_or_default());
+                out
+            }
+            GuestMessage::Log { offset, bytes } => {
+                let mut out = Vec::with_capacity(9 + bytes.len());
+                out.push(LOG);
+                out.extend_from_slice(&offset.to_be_bytes());
+                out.extend_from_slice(bytes);
+                out
+            }
+            GuestMessage::LogError(text) => {
+                let mut out = vec![LOG_ERROR];
+                out.extend_from_slice(text.as_bytes());
+                out
+            }
+        }
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, MessageError> {
+        let (&kind, rest) = body.split_first().ok_or(MessageError::Empty)?;
+        match kind {
+            HELLO => {
+                let hello: Hello =
+                    serde_json::from_slice(rest).map_err(|e| MessageError::BadBody {
+                        what: "hello",
+                        reason: e.to_string(),
+                    })?;
+                if hello.boot_id.len() > 128 || hello.agent.len() > 128 {
+                    return Err(MessageError::BadBody {
+                        what: "hello",
+                        reason: "boot_id and agent are at most 128 bytes".into(),
+                    });
+                }
+                Ok(GuestMessage::Hello(hello))
+            }
+            LOG => {
+                if rest.len() < 8 {
+                    return Err(MessageError::BadLength {
+                        what: "log offset",
+                        len: rest.len(),
+                        expected: 8,
+                    });
+                }
+                let (offset, bytes) = rest.split_at(8);
+                let mut o = [0u8; 8];
+                o.copy_from_slice(offset);
+                Ok(GuestMessage::Log {
+                    offset: u64::from_be_bytes(o),
+                    bytes: bytes.to_vec(),
+                })
+            }
+            LOG_ERROR => Ok(GuestMessage::LogError(
+                String::from_utf8_lossy(&rest[..rest.len().min(4096)]).into_owned(),
+            )),
+            kind => Err(MessageError::UnknownKind { kind }),
+        }
+    }
+}
+
+impl ManagerMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            ManagerMessage::Want { offset } => {
+                let mut out = vec![WANT];
+                out.extend_from_slice(&offset.to_be_bytes());
+                out
+            }
+        }
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, MessageError> {
+        let (&kind, rest) = body.split_first().ok_or(MessageError::Empty)?;
+        match kind {
+            WANT => {
+                let o: [u8; 8] = rest.try_into().map_err(|_| MessageError::BadLength {
+                    what: "want offset",
+                    len: rest.len(),
+                    expected: 8,
+                })?;
+                Ok(ManagerMessage::Want {
+                    offset: u64::from_be_bytes(o),
+                })
+            }
+            kind => Err(MessageError::UnknownKind { kind }),
+        }
+    }
+}
+
+/// Reads one guest message; `Ok(None)` at a clean end of stream. A malformed message is an
+/// `InvalidData` error naming what is wrong.
+pub fn read_guest(r: &mut impl Read) -> io::Result<Option<GuestMessage>> {
+    read_with(r, GuestMessage::decode)
+}
+
+/// Reads one manager message; `Ok(None)` at a clean end of stream.
+pub fn read_manager(r: &mut impl Read) -> io::Result<Option<ManagerMessage>> {
+    read_with(r, ManagerMessage::decode)
+}
+
+fn read_with<T>(
+    r: &mut impl Read,
+    decode: fn(&[u8]) -> Result<T, MessageError>,
+) -> io::Result<Option<T>> {
+    match framing::read_frame(r)? {
+        None => Ok(None),
+        Some(body) => decode(&body)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+    }
+}
+
+pub fn write_guest(w: &mut impl Write, msg: &GuestMessage) -> io::Result<()> {
+    framing::write_frame(w, &msg.encode())
+}
+
+pub fn write_manager(w: &mut impl Write, msg: &ManagerMessage) -> io::Result<()> {
+    framing::write_frame(w, &msg.encode())
+}
+
+/// Fuzz entry point: decoding arbitrary bytes as either side's message never panics, and what
+/// decodes re-encodes to the same bytes (except lossy error text).
+pub fn fuzz_decode(data: &[u8]) {
+    if let Ok(m) = GuestMessage::decode(data)
+        && !matches!(m, GuestMessage::LogError(_) | GuestMessage::Hello(_))
+    {
+        assert_eq!(m.encode(), data);
+    }
+    if let Ok(m) = ManagerMessage::decode(data) {
+        assert_eq!(m.encode(), data);
+    }
+    let mut r = data;
+    while let Ok(Some(_)) = read_guest(&mut r) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let msgs = [
+            GuestMessage::Hello(Hello {
+                version: VERSION,
+                boot_id: "b0".into(),
+                agent: "weles-guest 0.1.0".into(),
+            }),
+            GuestMessage::Log {
+                offset: 77,
+                bytes: vec![1, 2, 3],
+            },
+            GuestMessage::LogError("no securityfs".into()),
+        ];
+        let mut wire = Vec::new();
+        for m in &msgs {
+            write_guest(&mut wire, m).unwrap();
+        }
+        let mut r = &wire[..];
+        for m in &msgs {
+            assert_eq!(&read_guest(&mut r).unwrap().unwrap(), m);
+        }
+        assert!(read_guest(&mut r).unwrap().is_none());
+        let want = ManagerMessage::Want { offset: 1 << 40 };
+        let mut wire = Vec::new();
+        write_manager(&mut wire, &want).unwrap();
+        assert_eq!(read_manager(&mut &wire[..]).unwrap().unwrap(), want);
+    }
+
+    #[test]
+    fn malformed_messages_say_what_is_wrong() {
+        assert_eq!(GuestMessage::decode(&[]), Err(MessageError::Empty));
+        assert_eq!(
+            GuestMessage::decode(&[0x81, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(MessageError::UnknownKind { kind: 0x81 }),
+            "a manager message is not a guest message"
+        );
+        assert_eq!(
+            GuestMessage::decode(&[LOG, 1, 2]),
+            Err(MessageError::BadLength {
+                what: "log offset",
+                len: 2,
+                expected: 8
+            })
+        );
+        assert!(matches!(
+            GuestMessage::decode(b"\x01{\"version\":1}"),
+            Err(MessageError::BadBody { what: "hello", .. })
+        ));
+        let long = format!(
+            "\x01{{\"version\":1,\"boot_id\":\"{}\",\"agent\":\"a\"}}",
+            "x".repeat(200)
+        );
+        assert!(GuestMessage::decode(long.as_bytes()).is_err());
+        assert!(ManagerMessage::decode(&[WANT, 0]).is_err());
+        assert!(ManagerMessage::decode(&[LOG, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+}
