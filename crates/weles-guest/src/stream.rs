@@ -1,0 +1,119 @@
+//! Streaming the IMA log: from the offset the manager wants, then whatever is appended.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::mpsc::{self, RecvTimeoutError};
+
+use weles_proto::guest::{self, GuestMessage, Hello, ManagerMessage};
+
+use crate::Options;
+use crate::channel::Channel;
+
+/// Bytes read from the log per message: small enough to keep latency low, large enough that a
+/// 10 MB log after a manager restart goes in a few hundred frames.
+const CHUNK: usize = 64 * 1024;
+
+/// Serves one connection until it ends.
+pub fn serve(mut ch: Channel, opts: &Options, boot_id: &str) -> io::Result<()> {
+    guest::write_guest(
+        &mut ch,
+        &GuestMessage::Hello(Hello {
+            version: guest::VERSION,
+            boot_id: boot_id.to_owned(),
+            agent: format!("weles-guest {}", env!("CARGO_PKG_VERSION")),
+        }),
+    )?;
+    // The manager's requests arrive on their own thread so that a `Want` interrupts polling.
+    let (tx, rx) = mpsc::channel::<io::Result<ManagerMessage>>();
+    let mut reader = ch.try_clone()?;
+    std::thread::spawn(move || {
+        loop {
+            let msg = match guest::read_manager(&mut reader) {
+                Ok(Some(m)) => Ok(m),
+                Ok(None) => Err(io::ErrorKind::UnexpectedEof.into()),
+                Err(e) => Err(e),
+            };
+            let end = msg.is_err();
+            if tx.send(msg).is_err() || end {
+                return;
+            }
+        }
+    });
+
+    let result = pump(&mut ch, &rx, opts);
+    ch.shutdown();
+    result
+}
+
+/// The log being streamed and the offset of its next byte.
+struct Cursor {
+    file: File,
+    offset: u64,
+}
+
+fn pump(
+    ch: &mut Channel,
+    rx: &mpsc::Receiver<io::Result<ManagerMessage>>,
+    opts: &Options,
+) -> io::Result<()> {
+    let mut cursor: Option<Cursor> = None;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        // Send everything there is now.
+        if let Some(c) = cursor.as_mut() {
+            loop {
+                let n = match c.file.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let text = format!("reading {} failed: {e}", opts.ima_log.display());
+                        guest::write_guest(ch, &GuestMessage::LogError(text))?;
+                        cursor = None;
+                        break;
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                let msg = GuestMessage::Log {
+                    offset: c.offset,
+                    bytes: buf[..n].to_vec(),
+                };
+                guest::write_guest(ch, &msg)?;
+                c.offset += n as u64;
+            }
+        }
+        // Then wait for a request or the next poll.
+        match rx.recv_timeout(opts.poll) {
+            Ok(Ok(ManagerMessage::Want { offset })) => match open_at(&opts.ima_log, offset) {
+                Ok(c) => cursor = Some(c),
+                Err(e) => {
+                    let text = format!(
+                        "cannot read {} from byte {offset}: {e}",
+                        opts.ima_log.display()
+                    );
+                    guest::write_guest(ch, &GuestMessage::LogError(text))?;
+                    cursor = None;
+                }
+            },
+            Ok(Err(e)) => return Err(e),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+    }
+}
+
+fn open_at(path: &std::path::Path, offset: u64) -> io::Result<Cursor> {
+    let mut file = File::open(path)?;
+    if offset > 0 {
+        // securityfs files seek by re-reading; a regular file seeks directly. Either way the
+        // position must be exactly `offset`, or the manager would get misaligned bytes.
+        let at = file.seek(SeekFrom::Start(offset))?;
+        if at != offset {
+            return Err(io::Error::other(format!(
+                "seek reached byte {at}, not {offset}"
+            )));
+        }
+    }
+    Ok(Cursor { file, offset })
+}
