@@ -1,6 +1,7 @@
 //! `weles`: the WELES command line for tenants and operators.
 
 mod ima_cmd;
+mod operator_cmd;
 mod policy_cmd;
 
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ enum Command {
     /// Check, convert, generate, sign and verify tenant policies.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Operate a host's welesd: tenants, VMs, health (local socket, root).
+    Operator(operator_cmd::OperatorArgs),
 }
 
 /// How a command that ran to completion ended. Errors (exit 2) are returned as `Err` instead.
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ima(c) => ima_cmd::run(c),
         Command::Policy(c) => policy_cmd::run(c),
+        Command::Operator(a) => operator_cmd::run(a),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -5,10 +5,20 @@
 //! * [`guest_link`] — serves a VM's guest channel and feeds the monitor.
 //! * [`vm`] — one supervised VM: its monitor, links and notices.
 //! * [`notices`] — the numbered stream of what happened, for subscribers.
+//! * [`supervisor`] — one weles-vtpm process per VM: manufactured, kept running, adopted.
+//! * [`store`] — tenants, VMs, policies, the EK CA: sealed and rollback-protected.
+//! * [`manager`] — all of the above for every VM; the operations the APIs call.
+//! * [`operator`] — the local operator API (Unix socket).
+//! * [`config`] — welesd.toml.
 
+pub mod config;
 pub mod guest_link;
+pub mod manager;
 pub mod monitor;
 pub mod notices;
+pub mod operator;
+pub mod store;
+pub mod supervisor;
 pub mod vm;
 pub mod vtpm_link;
 

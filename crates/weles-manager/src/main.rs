@@ -1,1 +1,73 @@
-fn main() {}
+//! `welesd`: see the library documentation and `docs/manager.md`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use weles_manager::config::Config;
+use weles_manager::manager::Manager;
+use weles_manager::operator;
+
+/// The WELES manager: keeps one vTPM per VM running, follows every PCR extend and the guest's
+/// IMA log, and judges each VM against its tenant's policy as it runs.
+///
+/// Operators drive it with `weles operator …` over its local socket
+/// (RUN_DIR/operator.sock, root only).
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Configuration file (TOML; see docs/manager.md). Without one, defaults apply.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Overrides `state_dir` (sealed store, vTPM states).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Overrides `run_dir` (sockets).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("welesd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut cfg = match &cli.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(d) = cli.state_dir {
+        cfg.state_dir = d;
+    }
+    if let Some(d) = cli.run_dir {
+        cfg.run_dir = d;
+    }
+    eprintln!(
+        "welesd {}: TEE backend `sim` — SIMULATED, no hardware protection (development and tests only)",
+        env!("CARGO_PKG_VERSION")
+    );
+    let socket = cfg.operator_socket();
+    let listener = operator::bind(&socket).context("operator socket")?;
+    let (mgr, notes) = Manager::open(cfg).context("opening the manager's store")?;
+    for n in notes {
+        eprintln!("welesd: {n}");
+    }
+    let h = mgr.health();
+    eprintln!(
+        "welesd: {} tenants, {} VMs, store version {}; operator socket {}",
+        h.tenants,
+        h.vms,
+        h.store_version,
+        socket.display()
+    );
+    operator::serve(listener, mgr);
+    Ok(())
+}

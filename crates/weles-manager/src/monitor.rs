@@ -248,6 +248,20 @@ impl Monitor {
         step
     }
 
+    /// A new vTPM process started (the VM was powered off and is starting again): its events are
+    /// numbered from 1, and nothing is known until its TPM2_Startup(CLEAR).
+    pub fn on_vtpm_restarted(&mut self) -> Step {
+        self.vtpm_seq = 0;
+        self.started = false;
+        let mut step = Step::default();
+        self.set_state(
+            VmState::Rebooted,
+            "the vTPM restarted; waiting for the VM to start",
+            &mut step,
+        );
+        step
+    }
+
     /// The vTPM event stream skipped events: the history of this boot is unknown until the
     /// next reboot.
     pub fn on_vtpm_lost(&mut self, now: Instant) -> Step {

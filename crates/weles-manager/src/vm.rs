@@ -57,6 +57,10 @@ impl Vm {
         self.drive(|m| m.on_vtpm(record, Instant::now()));
     }
 
+    pub fn on_vtpm_restarted(&self) {
+        self.drive(|m| m.on_vtpm_restarted());
+    }
+
     pub fn on_vtpm_lost(&self) {
         self.drive(|m| m.on_vtpm_lost(Instant::now()));
     }

@@ -101,6 +101,26 @@ impl OperatorReply {
     }
 }
 
+/// The client side (`weles operator`, tests): connects, sends one request, reads its reply.
+pub fn call(socket: &std::path::Path, req: &OperatorRequest) -> std::io::Result<OperatorReply> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot reach welesd at {}: {e}", socket.display()),
+        )
+    })?;
+    let body = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    crate::framing::write_frame(&mut s, &body)?;
+    let reply = crate::framing::read_frame(&mut s)?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "welesd closed the connection without replying",
+        )
+    })?;
+    serde_json::from_slice(&reply)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

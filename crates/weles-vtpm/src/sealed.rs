@@ -221,8 +221,18 @@ impl SealedState {
         provider: Box<dyn SealingProvider>,
         counter: Box<dyn MonotonicStore>,
     ) -> Self {
+        Self::at(dir.join("tpm-state.sealed"), identity, provider, counter)
+    }
+
+    /// Sealed state in the file `path` (the manager keeps its store this way).
+    pub fn at(
+        path: std::path::PathBuf,
+        identity: &str,
+        provider: Box<dyn SealingProvider>,
+        counter: Box<dyn MonotonicStore>,
+    ) -> Self {
         SealedState {
-            path: dir.join("tpm-state.sealed"),
+            path,
             identity: identity.to_string(),
             provider,
             counter,

@@ -1,0 +1,200 @@
+//! The manager's store: tenants, VMs, policies and the EK CA — sealed and rollback-protected
+//! exactly like a vTPM's state (`docs/vtpm-protocol.md` §4): one file, XChaCha20-Poly1305 with
+//! the sealing provider's key, every write a new version recorded in a monotonic store. An older
+//! store (restored from a backup by the host's administrator) is refused at start.
+//!
+//! Every change is written before it takes effect: [`Store::update`] seals the new registry and
+//! only then replaces the one in memory, so a failed write loses nothing already stored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use weles_vtpm::host_counter::HostTpmCounter;
+use weles_vtpm::sealed::{FileCounter, MonotonicStore, SealedState, SimSealing, StateError};
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+
+/// The store's identity in the sealed file's associated data: a vTPM's state never opens as a
+/// manager's store, nor the reverse.
+const IDENTITY: &str = "welesd-store";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Registry {
+    pub tenants: BTreeMap<String, Tenant>,
+    pub vms: BTreeMap<String, VmRecord>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Tenant {
+    pub name: String,
+    /// OpenSSH public key (`ssh-ed25519 AAAA… comment`).
+    pub ssh_key: String,
+    pub created_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub name: String,
+    pub tenant: String,
+    pub created_ms: u64,
+    /// The tenant's current policy for this VM, as signed.
+    pub policy: Option<StoredPolicy>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredPolicy {
+    pub version: u64,
+    pub policy: String,
+    /// The sshsig signature (armored) by the tenant's key.
+    pub signature: String,
+}
+
+/// The EK CA the manager issues vTPM EK certificates with.
+pub struct EkCa {
+    pub key_pem: Zeroizing<String>,
+    pub cert_pem: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Sealed(#[from] StateError),
+    #[error("store {path}: {why}")]
+    Corrupt { path: PathBuf, why: String },
+    #[error("EK CA: {0}")]
+    Ca(String),
+}
+
+pub struct Store {
+    sealed: SealedState,
+    registry: Registry,
+    ek_ca: EkCa,
+}
+
+impl Store {
+    /// Opens the store in `cfg.state_dir`, creating it (with a new sim sealing key and EK CA)
+    /// on first start. Returns the store and notes worth logging.
+    pub fn open(cfg: &Config) -> Result<(Store, Vec<String>), StoreError> {
+        let dir = &cfg.state_dir;
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut notes = Vec::new();
+        let key_path = dir.join("seal.key");
+        let (provider, created) = SimSealing::open(&key_path)?;
+        if created {
+            notes.push(format!(
+                "created the sim sealing key {} (sim: protected by file permissions only, not by a TEE)",
+                key_path.display()
+            ));
+        }
+        let counter: Box<dyn MonotonicStore> = match &cfg.store.host_tpm {
+            Some(addr) => {
+                let (host, port) = addr
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                    .ok_or_else(|| StoreError::Corrupt {
+                        path: dir.clone(),
+                        why: format!("store.host_tpm {addr:?} is not HOST:PORT"),
+                    })?;
+                Box::new(HostTpmCounter::new(host, port, cfg.store.host_tpm_index)?)
+            }
+            None => Box::new(FileCounter::new(&dir.join("store.counter"))),
+        };
+        let path = dir.join("welesd.sealed");
+        let mut sealed = SealedState::at(path.clone(), IDENTITY, Box::new(provider), counter);
+        let mut blobs = sealed.load()?;
+        let registry = match blobs.get("registry") {
+            Some(b) => serde_json::from_slice(b).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                why: format!("registry: {e}"),
+            })?,
+            None => Registry::default(),
+        };
+        let ek_ca = match (blobs.remove("ek-ca.key"), blobs.get("ek-ca.crt")) {
+            (Some(key), Some(cert)) => EkCa {
+                key_pem: Zeroizing::new(
+                    String::from_utf8(key).map_err(|_| StoreError::Ca("key is not PEM".into()))?,
+                ),
+                cert_pem: String::from_utf8_lossy(cert).into_owned(),
+            },
+            _ => {
+                let (key_pem, cert_pem) = weles_vtpm::manufacture::new_ca("welesd vTPM EK CA")
+                    .map_err(|e| StoreError::Ca(e.to_string()))?;
+                notes.push("created the EK CA for this manager's vTPMs".into());
+                EkCa { key_pem, cert_pem }
+            }
+        };
+        let mut store = Store {
+            sealed,
+            registry,
+            ek_ca,
+        };
+        if created || blobs.is_empty() {
+            store.write(&store.registry.clone())?;
+        }
+        let cert_path = dir.join("ek-ca.crt");
+        std::fs::write(&cert_path, &store.ek_ca.cert_pem).map_err(|source| StateError::Io {
+            path: cert_path,
+            source,
+        })?;
+        Ok((store, notes))
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn ek_ca(&self) -> &EkCa {
+        &self.ek_ca
+    }
+
+    pub fn version(&self) -> u64 {
+        self.sealed.version()
+    }
+
+    /// Applies `change` to a copy of the registry, seals the copy, then keeps it. If `change`
+    /// or the write fails, the registry is as it was.
+    pub fn update<T, E: From<StoreError>>(
+        &mut self,
+        change: impl FnOnce(&mut Registry) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut next = self.registry.clone();
+        let out = change(&mut next)?;
+        self.write(&next)?;
+        self.registry = next;
+        Ok(out)
+    }
+
+    fn write(&mut self, registry: &Registry) -> Result<(), StoreError> {
+        let mut blobs = BTreeMap::new();
+        blobs.insert(
+            "registry".to_owned(),
+            serde_json::to_vec(registry).map_err(|e| StoreError::Corrupt {
+                path: PathBuf::new(),
+                why: e.to_string(),
+            })?,
+        );
+        blobs.insert(
+            "ek-ca.key".to_owned(),
+            self.ek_ca.key_pem.as_bytes().to_vec(),
+        );
+        blobs.insert(
+            "ek-ca.crt".to_owned(),
+            self.ek_ca.cert_pem.as_bytes().to_vec(),
+        );
+        let result = self.sealed.store(&blobs);
+        if let Some(k) = blobs.get_mut("ek-ca.key") {
+            zeroize::Zeroize::zeroize(k);
+        }
+        Ok(result?)
+    }
+}
+
+/// The sealed store file in `state_dir` (for messages and tests).
+pub fn store_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("welesd.sealed")
+}
