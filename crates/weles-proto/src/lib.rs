@@ -10,7 +10,9 @@
 //! Everything here parses untrusted bytes: lengths are checked before anything is allocated and
 //! no input panics (fuzz target `guest_channel`, `vtpm_events`).
 
+pub mod api;
 pub mod framing;
 pub mod guest;
+pub mod http;
 pub mod operator;
 pub mod vtpm_events;

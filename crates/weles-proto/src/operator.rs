@@ -40,6 +40,8 @@ pub struct Health {
     pub uptime_s: u64,
     /// The sealed store's version (bumped by every change).
     pub store_version: u64,
+    /// Where the tenant API listens (`host:port`), once it does.
+    pub tenant_api: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

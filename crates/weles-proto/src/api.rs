@@ -1,0 +1,129 @@
+//! The tenant API's JSON bodies and the request-signing rule (`docs/api.md`), both ends.
+
+use serde::{Deserialize, Serialize};
+
+/// sshsig namespace of API request signatures (distinct from `weles-policy`: a signed policy is
+/// never a signed request, nor the reverse).
+pub const REQUEST_NAMESPACE: &str = "weles-api";
+/// sshsig namespace of the manager's evidence signatures.
+pub const EVIDENCE_NAMESPACE: &str = "weles-evidence";
+/// sshsig namespace of audit records.
+pub const AUDIT_NAMESPACE: &str = "weles-audit";
+
+/// Headers of a signed request.
+pub const H_TENANT: &str = "x-weles-tenant";
+pub const H_TIME: &str = "x-weles-time";
+pub const H_NONCE: &str = "x-weles-nonce";
+pub const H_SIGNATURE: &str = "x-weles-signature";
+
+/// How far a request's time may be from the manager's clock.
+pub const MAX_SKEW_MS: u64 = 300_000;
+
+/// The exact bytes a tenant signs for one request. Binding the manager's key keeps a request
+/// meant for one manager from being replayed to another; the body hash binds the body; time and
+/// nonce make it single-use.
+pub fn request_message(
+    manager_key: &str,
+    method: &str,
+    target: &str,
+    body_sha256_hex: &str,
+    time_ms: u64,
+    nonce: &str,
+) -> Vec<u8> {
+    format!(
+        "weles-api-v1\n{manager_key}\n{method}\n{target}\n{body_sha256_hex}\n{time_ms}\n{nonce}\n"
+    )
+    .into_bytes()
+}
+
+/// `POST /v1/evidence` body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceRequest {
+    /// 16–64 random bytes, hex.
+    pub nonce: String,
+}
+
+/// What the manager says about itself, bound to the tenant's nonce.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// `sim` (no hardware: proves nothing about the platform), later `sgx`, `tsm`.
+    pub tee: String,
+    pub nonce: String,
+    /// The manager identity key M (OpenSSH `ssh-ed25519 …`).
+    pub manager_key: String,
+    /// SHA-256 of the TLS certificate's SubjectPublicKeyInfo, hex.
+    pub tls_spki_sha256: String,
+    /// SHA-512(`"weles-report-v1" ‖ nonce ‖ M ‖ TLS SPKI hash`), hex: what a TEE report carries.
+    pub report_data: String,
+    /// The TEE's report over `report_data` (for `sim`: a JSON description, no signature).
+    pub report: String,
+    /// M's sshsig (namespace `weles-evidence`) over `report_data` (hex text): M is held by
+    /// whoever answered.
+    pub signature: String,
+    pub manager_version: String,
+}
+
+/// The report data a TEE report must carry for this evidence.
+pub fn report_data(nonce_hex: &str, manager_key: &str, tls_spki_sha256_hex: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha512::new();
+    for part in [
+        b"weles-report-v1\n",
+        nonce_hex.as_bytes(),
+        b"\n",
+        manager_key.as_bytes(),
+        b"\n",
+        tls_spki_sha256_hex.as_bytes(),
+        b"\n",
+    ] {
+        h.update(part);
+    }
+    hex::encode(h.finalize())
+}
+
+/// `PUT /v1/vms/{vm}/policy` body: the policy file and the tenant's detached signature.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyUpload {
+    pub policy: String,
+    /// Armored sshsig (namespace `weles-policy`), as `weles policy sign` / `ssh-keygen -Y sign`.
+    pub signature: String,
+}
+
+/// One VM as its tenant sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub name: String,
+    pub state: String,
+    pub reason: String,
+    pub policy_version: Option<u64>,
+    pub entries: u64,
+    pub extends: u64,
+    pub boots: u64,
+    /// The newest event about this VM (sequence number), if any.
+    pub last_event: Option<u64>,
+    /// The first violation of this boot.
+    pub violation: Option<serde_json::Value>,
+    /// The vTPM's ECC EK certificate (DER, hex), issued by the manager's EK CA.
+    pub ek_certificate: Option<String>,
+}
+
+/// A page of events (`GET /v1/vms/{vm}/events`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventPage {
+    pub events: Vec<serde_json::Value>,
+    /// Ask with `after=next` for the following page.
+    pub next: u64,
+    /// Events after the requested one that are no longer kept start here.
+    pub lost_before: Option<u64>,
+}
+
+/// An API error body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable: `unauthenticated`, `replayed`, `forbidden`, `unknown_vm`, `bad_signature`,
+    /// `stale_version`, `invalid_policy`, `bad_request`, `not_found`, `internal`.
+    pub error: String,
+    pub message: String,
+}
