@@ -3,6 +3,7 @@
 mod ima_cmd;
 mod operator_cmd;
 mod policy_cmd;
+mod tenant_cmd;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,12 @@ enum Command {
     /// Check, convert, generate, sign and verify tenant policies.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Trust a WELES manager (verify its evidence, pin its keys).
+    #[command(subcommand)]
+    Manager(tenant_cmd::ManagerCommand),
+    /// Your VMs at the trusted manager: status, events.
+    #[command(subcommand)]
+    Vm(tenant_cmd::VmCommand),
     /// Operate a host's welesd: tenants, VMs, health (local socket, root).
     Operator(operator_cmd::OperatorArgs),
 }
@@ -50,6 +57,8 @@ fn main() -> ExitCode {
         Command::Ima(c) => ima_cmd::run(c),
         Command::Policy(c) => policy_cmd::run(c),
         Command::Operator(a) => operator_cmd::run(a),
+        Command::Manager(c) => tenant_cmd::manager(c),
+        Command::Vm(c) => tenant_cmd::vm(c),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

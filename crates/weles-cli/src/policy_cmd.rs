@@ -41,6 +41,11 @@ pub enum PolicyCommand {
     /// Accepts signatures from `weles policy sign` and `ssh-keygen -Y sign -n weles-policy`.
     /// Exit 0: valid (and the policy parses); 1: signature invalid; 2: bad input.
     Verify(VerifyArgs),
+    /// Upload a signed policy for one of your VMs to the trusted manager.
+    ///
+    /// The manager checks the signature against your registered key and that the version is
+    /// newer than the VM's current policy; the new policy judges entries from now on.
+    Push(crate::tenant_cmd::PushArgs),
 }
 
 #[derive(Args)]
@@ -147,6 +152,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<Outcome> {
         PolicyCommand::ImportKeylime(a) => import(a),
         PolicyCommand::Generate(a) => generate_cmd(a),
         PolicyCommand::Sign(a) => sign(a),
+        PolicyCommand::Push(a) => crate::tenant_cmd::push(a),
         PolicyCommand::Verify(a) => verify(a),
     }
 }

@@ -13,6 +13,9 @@ pub struct Config {
     pub run_dir: PathBuf,
     /// The TEE backend. Only `sim` exists (no protection: development and tests).
     pub tee: String,
+    /// Where the tenant API (HTTPS) listens; port 0 picks a free port (see `weles operator
+    /// health`).
+    pub tenant_api: String,
     pub vtpm: VtpmConfig,
     pub store: StoreConfig,
 }
@@ -24,6 +27,10 @@ pub struct VtpmConfig {
     pub binary: Option<PathBuf>,
     /// PCR banks of new vTPMs.
     pub pcr_banks: Vec<String>,
+    /// Also serve each vTPM's data channel on RUN_DIR/vms/VM/data.sock (tpm2-tools, tests, a
+    /// QEMU-less guest). QEMU does not need it: it hands the vTPM its data channel over the
+    /// control socket.
+    pub data_socket: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -43,6 +50,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/weles"),
             run_dir: PathBuf::from("/run/weles"),
             tee: "sim".into(),
+            tenant_api: "127.0.0.1:8443".into(),
             vtpm: VtpmConfig::default(),
             store: StoreConfig::default(),
         }
@@ -54,6 +62,7 @@ impl Default for VtpmConfig {
         VtpmConfig {
             binary: None,
             pcr_banks: vec!["sha1".into(), "sha256".into()],
+            data_socket: false,
         }
     }
 }

@@ -13,12 +13,15 @@
 
 pub mod config;
 pub mod guest_link;
+pub mod identity;
 pub mod manager;
 pub mod monitor;
 pub mod notices;
 pub mod operator;
 pub mod store;
 pub mod supervisor;
+pub mod tee;
+pub mod tenant_api;
 pub mod vm;
 pub mod vtpm_link;
 

@@ -26,6 +26,9 @@ struct Cli {
     /// Overrides `run_dir` (sockets).
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// Overrides `tenant_api`: where the tenant API listens (`127.0.0.1:0`: any free port).
+    #[arg(long)]
+    tenant_api: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -50,19 +53,30 @@ fn run() -> anyhow::Result<()> {
     if let Some(d) = cli.run_dir {
         cfg.run_dir = d;
     }
+    if let Some(a) = cli.tenant_api {
+        cfg.tenant_api = a;
+    }
     eprintln!(
         "welesd {}: TEE backend `sim` — SIMULATED, no hardware protection (development and tests only)",
         env!("CARGO_PKG_VERSION")
     );
     let socket = cfg.operator_socket();
     let listener = operator::bind(&socket).context("operator socket")?;
+    let api_listener = std::net::TcpListener::bind(&cfg.tenant_api)
+        .with_context(|| format!("tenant API: cannot listen on {}", cfg.tenant_api))?;
     let (mgr, notes) = Manager::open(cfg).context("opening the manager's store")?;
+    let api_addr = api_listener.local_addr()?;
+    mgr.set_api_addr(api_addr);
+    let api = weles_manager::tenant_api::TenantApi::new(mgr.clone()).context("tenant API")?;
+    std::thread::Builder::new()
+        .name("tenant-api".into())
+        .spawn(move || api.serve(api_listener))?;
     for n in notes {
         eprintln!("welesd: {n}");
     }
     let h = mgr.health();
     eprintln!(
-        "welesd: {} tenants, {} VMs, store version {}; operator socket {}",
+        "welesd: {} tenants, {} VMs, store version {}; operator socket {}; tenant API https://{api_addr}",
         h.tenants,
         h.vms,
         h.store_version,

@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use weles_policy::Policy;
 use weles_proto::operator::{Health, OperatorReply, OperatorRequest, TenantInfo, VmInfo};
 
+use weles_proto::api::{Evidence, PolicyUpload, VmStatus};
+
 use crate::config::Config;
 use crate::guest_link::GuestLink;
 use crate::notices::NoticeHub;
 use crate::store::{Registry, Store, StoreError, Tenant, VmRecord};
 use crate::supervisor::{self, VmPaths, VtpmProcess};
+use crate::tee::TeeBackend;
 use crate::vm::Vm;
 use crate::vtpm_link::VtpmLink;
 
@@ -31,6 +34,12 @@ pub enum ManagerError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
+    #[error("policy signature: {0}")]
+    BadSignature(String),
+    #[error("{0}")]
+    StaleVersion(String),
+    #[error("{0}")]
+    InvalidPolicy(String),
 }
 
 impl ManagerError {
@@ -41,6 +50,9 @@ impl ManagerError {
             ManagerError::UnknownVm(_) => "unknown_vm",
             ManagerError::Exists(_) => "exists",
             ManagerError::Store(_) | ManagerError::Internal(_) => "internal",
+            ManagerError::BadSignature(_) => "bad_signature",
+            ManagerError::StaleVersion(_) => "stale_version",
+            ManagerError::InvalidPolicy(_) => "invalid_policy",
         }
     }
 }
@@ -64,6 +76,9 @@ impl Running {
 
 pub struct Manager {
     cfg: Config,
+    tee: Box<dyn TeeBackend>,
+    /// The tenant API's bound address, once listening.
+    api_addr: Mutex<Option<std::net::SocketAddr>>,
     store: Mutex<Store>,
     running: Mutex<BTreeMap<String, Running>>,
     notices: Arc<NoticeHub>,
@@ -75,7 +90,10 @@ impl Manager {
     /// Opens the store and starts monitoring every registered VM (adopting running vTPMs).
     pub fn open(cfg: Config) -> anyhow::Result<(Arc<Manager>, Vec<String>)> {
         let (store, notes) = Store::open(&cfg)?;
+        let tee = crate::tee::backend(&cfg.tee)?;
         let mgr = Arc::new(Manager {
+            tee,
+            api_addr: Mutex::new(None),
             cfg,
             store: Mutex::new(store),
             running: Mutex::new(BTreeMap::new()),
@@ -176,7 +194,212 @@ impl Manager {
             vms,
             uptime_s: self.started.elapsed().as_secs(),
             store_version,
+            tenant_api: self
+                .api_addr
+                .lock()
+                .ok()
+                .and_then(|a| a.map(|a| a.to_string())),
         }
+    }
+
+    pub fn set_api_addr(&self, addr: std::net::SocketAddr) {
+        if let Ok(mut a) = self.api_addr.lock() {
+            *a = Some(addr);
+        }
+    }
+
+    /// The manager identity key M, public (OpenSSH).
+    pub fn manager_public_key(&self) -> String {
+        self.with_store(|s| {
+            crate::identity::load_ssh_key(&s.secrets().manager_key)
+                .ok()
+                .and_then(|k| k.public_key().to_openssh().ok())
+                .unwrap_or_default()
+        })
+    }
+
+    /// The tenant API's TLS key and certificate (PKCS#8 DER, DER).
+    pub fn tls_identity(&self) -> (zeroize::Zeroizing<Vec<u8>>, Vec<u8>) {
+        self.with_store(|s| (s.secrets().tls_key.clone(), s.secrets().tls_cert.clone()))
+    }
+
+    /// Evidence for a tenant's nonce: the TEE report binds the nonce, M and the TLS key.
+    pub fn evidence(&self, nonce: &str) -> Result<Evidence, ManagerError> {
+        let raw = hex::decode(nonce)
+            .ok()
+            .filter(|n| (16..=64).contains(&n.len()))
+            .ok_or_else(|| ManagerError::Invalid("nonce: 16–64 bytes, hex".into()))?;
+        let nonce = hex::encode(raw);
+        let (key_pem, cert) = self.with_store(|s| {
+            (
+                s.secrets().manager_key.clone(),
+                s.secrets().tls_cert.clone(),
+            )
+        });
+        let key = crate::identity::load_ssh_key(&key_pem).map_err(ManagerError::Internal)?;
+        let manager_key = key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| ManagerError::Internal(e.to_string()))?;
+        let spki =
+            hex::encode(crate::identity::spki_sha256(&cert).map_err(ManagerError::Internal)?);
+        let report_data = weles_proto::api::report_data(&nonce, &manager_key, &spki);
+        let mut rd = [0u8; 64];
+        hex::decode_to_slice(&report_data, &mut rd)
+            .map_err(|e| ManagerError::Internal(e.to_string()))?;
+        let report = self
+            .tee
+            .report(&rd)
+            .map_err(|e| ManagerError::Internal(e.to_string()))?;
+        let signature = crate::identity::sshsig(
+            &key,
+            weles_proto::api::EVIDENCE_NAMESPACE,
+            report_data.as_bytes(),
+        )
+        .map_err(ManagerError::Internal)?;
+        Ok(Evidence {
+            tee: self.tee.kind().to_owned(),
+            nonce,
+            manager_key,
+            tls_spki_sha256: spki,
+            report_data,
+            report,
+            signature,
+            manager_version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+    }
+
+    /// A tenant's registered SSH public key.
+    pub fn tenant_key(&self, tenant: &str) -> Option<ssh_key::PublicKey> {
+        self.with_store(|s| {
+            s.registry()
+                .tenants
+                .get(tenant)
+                .and_then(|t| ssh_key::PublicKey::from_openssh(&t.ssh_key).ok())
+        })
+    }
+
+    /// The tenant's SSH CA public key (OpenSSH).
+    pub fn tenant_ca(&self, tenant: &str) -> Result<String, ManagerError> {
+        self.with_store(|s| {
+            let pem = s
+                .secrets()
+                .tenant_cas
+                .get(tenant)
+                .ok_or_else(|| ManagerError::UnknownTenant(tenant.to_owned()))?;
+            let key = crate::identity::load_ssh_key(pem).map_err(ManagerError::Internal)?;
+            key.public_key()
+                .to_openssh()
+                .map_err(|e| ManagerError::Internal(e.to_string()))
+        })
+    }
+
+    /// The VM `name` if `tenant` owns it; another tenant's VM is as unknown as a missing one.
+    fn owned(&self, tenant: &str, name: &str) -> Result<VmRecord, ManagerError> {
+        self.with_store(|s| s.registry().vms.get(name).cloned())
+            .filter(|r| r.tenant == tenant)
+            .ok_or_else(|| ManagerError::UnknownVm(format!("{name} (among tenant {tenant}'s VMs)")))
+    }
+
+    /// Installs a signed policy: the tenant's own VM, a valid signature by the tenant's key, a
+    /// policy that loads, a version above the current one. Sealed before it takes effect;
+    /// refused requests change nothing.
+    pub fn upload_policy(
+        &self,
+        tenant: &str,
+        name: &str,
+        upload: &PolicyUpload,
+    ) -> Result<u64, ManagerError> {
+        self.owned(tenant, name)?;
+        let key = self
+            .tenant_key(tenant)
+            .ok_or_else(|| ManagerError::UnknownTenant(tenant.to_owned()))?;
+        weles_policy::signing::verify(&key, upload.policy.as_bytes(), upload.signature.as_bytes())
+            .map_err(|e| ManagerError::BadSignature(e.to_string()))?;
+        let policy = Policy::load(upload.policy.as_bytes(), "uploaded policy")
+            .map_err(|e| ManagerError::InvalidPolicy(e.to_string()))?;
+        let version = policy.version;
+        self.with_store(|s| {
+            s.update(|r: &mut Registry| {
+                let rec = r
+                    .vms
+                    .get_mut(name)
+                    .ok_or_else(|| ManagerError::UnknownVm(name.to_owned()))?;
+                if let Some(cur) = &rec.policy
+                    && version <= cur.version
+                {
+                    return Err(ManagerError::StaleVersion(format!(
+                        "policy version {version} is not newer than the current version {}",
+                        cur.version
+                    )));
+                }
+                rec.policy = Some(crate::store::StoredPolicy {
+                    version,
+                    policy: upload.policy.clone(),
+                    signature: upload.signature.clone(),
+                });
+                Ok(())
+            })
+        })?;
+        if let Some(vm) = self.running_vm(name) {
+            vm.set_policy(Arc::new(policy));
+        }
+        Ok(version)
+    }
+
+    fn running_vm(&self, name: &str) -> Option<Arc<Vm>> {
+        self.running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(name).map(|x| x.vm.clone()))
+    }
+
+    /// A VM's status as its tenant sees it.
+    pub fn tenant_vm_status(&self, tenant: &str, name: &str) -> Result<VmStatus, ManagerError> {
+        self.owned(tenant, name)?;
+        let vm = self
+            .running_vm(name)
+            .ok_or_else(|| ManagerError::Internal(format!("VM {name} is not running")))?;
+        let st = vm
+            .status()
+            .ok_or_else(|| ManagerError::Internal("lock".into()))?;
+        let paths = VmPaths::new(&self.cfg.state_dir, &self.cfg.run_dir, name);
+        let ek = std::fs::read(paths.tpm_state.join("ek-ecc.der"))
+            .ok()
+            .map(hex::encode);
+        Ok(VmStatus {
+            name: name.to_owned(),
+            state: st.state.as_str().to_owned(),
+            reason: st.reason,
+            policy_version: st.policy_version,
+            entries: st.entries,
+            extends: st.extends,
+            boots: st.boots,
+            last_event: self.notices.last_for(name),
+            violation: st.violation.and_then(|v| serde_json::to_value(v).ok()),
+            ek_certificate: ek,
+        })
+    }
+
+    /// The tenant's VMs.
+    pub fn tenant_vms(&self, tenant: &str) -> Vec<VmStatus> {
+        let names: Vec<String> = self.with_store(|s| {
+            s.registry()
+                .vms
+                .values()
+                .filter(|v| v.tenant == tenant)
+                .map(|v| v.name.clone())
+                .collect()
+        });
+        names
+            .iter()
+            .filter_map(|n| self.tenant_vm_status(tenant, n).ok())
+            .collect()
+    }
+
+    /// Checks that `tenant` owns `name` (for event reads).
+    pub fn check_owner(&self, tenant: &str, name: &str) -> Result<(), ManagerError> {
+        self.owned(tenant, name).map(|_| ())
     }
 
     pub fn register_tenant(&self, name: &str, ssh_key: &str) -> Result<TenantInfo, ManagerError> {
@@ -193,8 +416,13 @@ impl Manager {
                 .map_err(|e| ManagerError::Invalid(e.to_string()))?,
             created_ms: now_ms(),
         };
+        let ca = crate::identity::new_ssh_key(&format!("weles SSH CA of tenant {name}"))
+            .map_err(ManagerError::Internal)?;
         self.with_store(|s| {
-            s.update(|r: &mut Registry| {
+            if s.registry().tenants.contains_key(name) {
+                return Err(ManagerError::Exists(format!("tenant {name:?}")));
+            }
+            s.update_with_tenant_ca(name, Some(ca), |r: &mut Registry| {
                 if r.tenants.contains_key(name) {
                     return Err(ManagerError::Exists(format!("tenant {name:?}")));
                 }
@@ -322,7 +550,12 @@ impl Manager {
         }
         let guest_link = GuestLink::bind(vm.clone(), &paths.guest_socket)?;
         let vtpm_link = VtpmLink::spawn(vm.clone(), paths.events_socket.clone());
-        let vtpm = VtpmProcess::start(vm.clone(), self.cfg.vtpm_binary(), paths.clone());
+        let vtpm = VtpmProcess::start(
+            vm.clone(),
+            self.cfg.vtpm_binary(),
+            paths.clone(),
+            self.cfg.vtpm.data_socket,
+        );
         let running = Running {
             vm,
             paths,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use weles_vtpm::host_counter::HostTpmCounter;
-use weles_vtpm::sealed::{FileCounter, MonotonicStore, SealedState, SimSealing, StateError};
+use weles_vtpm::sealed::{FileCounter, MonotonicStore, SealedState, StateError};
 use zeroize::Zeroizing;
 
 use crate::config::Config;
@@ -63,14 +63,26 @@ pub enum StoreError {
     Sealed(#[from] StateError),
     #[error("store {path}: {why}")]
     Corrupt { path: PathBuf, why: String },
-    #[error("EK CA: {0}")]
+    #[error("{0}")]
     Ca(String),
+}
+
+/// The manager's secrets; created on first start, sealed with the registry.
+pub struct Secrets {
+    pub ek_ca: EkCa,
+    /// The identity key M (OpenSSH private key).
+    pub manager_key: Zeroizing<String>,
+    /// The tenant API's TLS key (PKCS#8 DER) and certificate (DER).
+    pub tls_key: Zeroizing<Vec<u8>>,
+    pub tls_cert: Vec<u8>,
+    /// Each tenant's SSH CA key (OpenSSH private key).
+    pub tenant_cas: BTreeMap<String, Zeroizing<String>>,
 }
 
 pub struct Store {
     sealed: SealedState,
     registry: Registry,
-    ek_ca: EkCa,
+    secrets: Secrets,
 }
 
 impl Store {
@@ -83,12 +95,15 @@ impl Store {
             source,
         })?;
         let mut notes = Vec::new();
-        let key_path = dir.join("seal.key");
-        let (provider, created) = SimSealing::open(&key_path)?;
+        let tee = crate::tee::backend(&cfg.tee).map_err(|e| StoreError::Ca(e.to_string()))?;
+        let (provider, created) = tee
+            .sealing(dir)
+            .map_err(|e| StoreError::Ca(e.to_string()))?;
         if created {
             notes.push(format!(
-                "created the sim sealing key {} (sim: protected by file permissions only, not by a TEE)",
-                key_path.display()
+                "created the {} sealing key in {} (sim: protected by file permissions only, not by a TEE)",
+                tee.kind(),
+                dir.display()
             ));
         }
         let counter: Box<dyn MonotonicStore> = match &cfg.store.host_tpm {
@@ -105,7 +120,7 @@ impl Store {
             None => Box::new(FileCounter::new(&dir.join("store.counter"))),
         };
         let path = dir.join("welesd.sealed");
-        let mut sealed = SealedState::at(path.clone(), IDENTITY, Box::new(provider), counter);
+        let mut sealed = SealedState::at(path.clone(), IDENTITY, provider, counter);
         let mut blobs = sealed.load()?;
         let registry = match blobs.get("registry") {
             Some(b) => serde_json::from_slice(b).map_err(|e| StoreError::Corrupt {
@@ -113,6 +128,38 @@ impl Store {
                 why: format!("registry: {e}"),
             })?,
             None => Registry::default(),
+        };
+        let secret = |blobs: &mut BTreeMap<String, Vec<u8>>, name: &str| {
+            blobs.remove(name).map(|b| {
+                let s = Zeroizing::new(String::from_utf8_lossy(&b).into_owned());
+                let mut b = b;
+                zeroize::Zeroize::zeroize(&mut b);
+                s
+            })
+        };
+        let manager_key = match secret(&mut blobs, "manager.key") {
+            Some(k) => k,
+            None => {
+                notes.push("created the manager identity key".into());
+                crate::identity::new_ssh_key("welesd").map_err(StoreError::Ca)?
+            }
+        };
+        let (tls_key, tls_cert) = match (blobs.remove("tls.key"), blobs.get("tls.crt")) {
+            (Some(k), Some(c)) => (Zeroizing::new(k), c.clone()),
+            _ => crate::identity::new_tls().map_err(StoreError::Ca)?,
+        };
+        let tenant_cas = match secret(&mut blobs, "tenant-cas") {
+            Some(json) => {
+                let map: BTreeMap<String, String> =
+                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+                        path: path.clone(),
+                        why: format!("tenant CAs: {e}"),
+                    })?;
+                map.into_iter()
+                    .map(|(k, v)| (k, Zeroizing::new(v)))
+                    .collect()
+            }
+            None => BTreeMap::new(),
         };
         let ek_ca = match (blobs.remove("ek-ca.key"), blobs.get("ek-ca.crt")) {
             (Some(key), Some(cert)) => EkCa {
@@ -128,18 +175,27 @@ impl Store {
                 EkCa { key_pem, cert_pem }
             }
         };
+        let fresh = !blobs.contains_key("registry") || !blobs.contains_key("tls.crt");
         let mut store = Store {
             sealed,
             registry,
-            ek_ca,
+            secrets: Secrets {
+                ek_ca,
+                manager_key,
+                tls_key,
+                tls_cert,
+                tenant_cas,
+            },
         };
-        if created || blobs.is_empty() {
+        if fresh {
             store.write(&store.registry.clone())?;
         }
         let cert_path = dir.join("ek-ca.crt");
-        std::fs::write(&cert_path, &store.ek_ca.cert_pem).map_err(|source| StateError::Io {
-            path: cert_path,
-            source,
+        std::fs::write(&cert_path, &store.secrets.ek_ca.cert_pem).map_err(|source| {
+            StateError::Io {
+                path: cert_path,
+                source,
+            }
         })?;
         Ok((store, notes))
     }
@@ -149,7 +205,32 @@ impl Store {
     }
 
     pub fn ek_ca(&self) -> &EkCa {
-        &self.ek_ca
+        &self.secrets.ek_ca
+    }
+
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// Like [`Store::update`], and also sets (`Some`) or removes (`None`) a tenant's CA key.
+    pub fn update_with_tenant_ca<T, E: From<StoreError>>(
+        &mut self,
+        tenant: &str,
+        ca: Option<Zeroizing<String>>,
+        change: impl FnOnce(&mut Registry) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let old = match ca {
+            Some(k) => self.secrets.tenant_cas.insert(tenant.to_owned(), k),
+            None => self.secrets.tenant_cas.remove(tenant),
+        };
+        let result = self.update(change);
+        if result.is_err() {
+            match old {
+                Some(k) => self.secrets.tenant_cas.insert(tenant.to_owned(), k),
+                None => self.secrets.tenant_cas.remove(tenant),
+            };
+        }
+        result
     }
 
     pub fn version(&self) -> u64 {
@@ -178,17 +259,26 @@ impl Store {
                 why: e.to_string(),
             })?,
         );
+        let s = &self.secrets;
+        blobs.insert("ek-ca.key".to_owned(), s.ek_ca.key_pem.as_bytes().to_vec());
+        blobs.insert("ek-ca.crt".to_owned(), s.ek_ca.cert_pem.as_bytes().to_vec());
+        blobs.insert("manager.key".to_owned(), s.manager_key.as_bytes().to_vec());
+        blobs.insert("tls.key".to_owned(), s.tls_key.to_vec());
+        blobs.insert("tls.crt".to_owned(), s.tls_cert.clone());
+        let cas: BTreeMap<&str, &str> = s
+            .tenant_cas
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         blobs.insert(
-            "ek-ca.key".to_owned(),
-            self.ek_ca.key_pem.as_bytes().to_vec(),
-        );
-        blobs.insert(
-            "ek-ca.crt".to_owned(),
-            self.ek_ca.cert_pem.as_bytes().to_vec(),
+            "tenant-cas".to_owned(),
+            serde_json::to_vec(&cas).unwrap_or_default(),
         );
         let result = self.sealed.store(&blobs);
-        if let Some(k) = blobs.get_mut("ek-ca.key") {
-            zeroize::Zeroize::zeroize(k);
+        for name in ["ek-ca.key", "manager.key", "tls.key", "tenant-cas"] {
+            if let Some(k) = blobs.get_mut(name) {
+                zeroize::Zeroize::zeroize(k);
+            }
         }
         Ok(result?)
     }

@@ -25,6 +25,8 @@ pub struct VmPaths {
     /// The vTPM's control socket: QEMU's `-chardev socket,path=`.
     pub vtpm_socket: PathBuf,
     pub events_socket: PathBuf,
+    /// The data channel, when served on a socket (`vtpm.data_socket`).
+    pub data_socket: PathBuf,
     pub guest_socket: PathBuf,
     pub pid_file: PathBuf,
     pub log_file: PathBuf,
@@ -38,6 +40,7 @@ impl VmPaths {
             tpm_state: s.join("tpm"),
             vtpm_socket: r.join("vtpm.sock"),
             events_socket: r.join("events.sock"),
+            data_socket: r.join("data.sock"),
             guest_socket: r.join("guest.sock"),
             pid_file: r.join("vtpm.pid"),
             log_file: s.join("vtpm.log"),
@@ -134,14 +137,14 @@ pub struct VtpmProcess {
 
 impl VtpmProcess {
     /// Adopts the VM's running vTPM or starts one, and keeps one running.
-    pub fn start(vm: Arc<Vm>, binary: PathBuf, paths: VmPaths) -> VtpmProcess {
+    pub fn start(vm: Arc<Vm>, binary: PathBuf, paths: VmPaths, data_socket: bool) -> VtpmProcess {
         let stop = Arc::new(AtomicBool::new(false));
         let pid = Arc::new(AtomicU32::new(0));
         let restarts = Arc::new(AtomicU64::new(0));
         let (s, p, r, paths2) = (stop.clone(), pid.clone(), restarts.clone(), paths.clone());
         let thread = std::thread::Builder::new()
             .name(format!("vtpm-proc-{}", vm.id))
-            .spawn(move || supervise(&vm, &binary, &paths2, &s, &p, &r))
+            .spawn(move || supervise(&vm, &binary, &paths2, data_socket, &s, &p, &r))
             .ok();
         VtpmProcess {
             stop,
@@ -189,11 +192,13 @@ fn supervise(
     vm: &Vm,
     binary: &Path,
     paths: &VmPaths,
+    data_socket: bool,
     stop: &AtomicBool,
     pid: &AtomicU32,
     restarts: &AtomicU64,
 ) {
     let mut first = true;
+    let mut quick_exits = 0u32;
     while !stop.load(Ordering::SeqCst) {
         if !first {
             restarts.fetch_add(1, Ordering::SeqCst);
@@ -213,8 +218,23 @@ fn supervise(
                 vm.on_vtpm_restarted();
             }
             let _ = std::fs::remove_file(&paths.vtpm_socket);
-            let child = Command::new(binary)
-                .args(["socket", "--tpm2", "--ctrl"])
+            let mut cmd = Command::new(binary);
+            cmd.args(["socket", "--tpm2"]);
+            if data_socket {
+                cmd.arg("--server")
+                    .arg(format!("type=unixio,path={}", paths.data_socket.display()));
+            }
+            // Its own complaints (a bad option, a refused state) go to its log, where the
+            // operator looks.
+            let stderr = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&paths.log_file)
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null());
+            let started = std::time::Instant::now();
+            let child = cmd
+                .arg("--ctrl")
                 .arg(format!("type=unixio,path={}", paths.vtpm_socket.display()))
                 .arg("--events")
                 .arg(format!(
@@ -230,7 +250,7 @@ fn supervise(
                 .arg(format!("file={}", paths.log_file.display()))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(stderr)
                 .spawn();
             match child {
                 Ok(mut c) => {
@@ -243,7 +263,19 @@ fn supervise(
                         }
                     }
                     if !stop.load(Ordering::SeqCst) {
-                        let _ = c.wait();
+                        let status = c.wait();
+                        if started.elapsed() < Duration::from_secs(1) {
+                            eprintln!(
+                                "welesd: vm {}: the vTPM exited at once ({}); see {}",
+                                vm.id,
+                                status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                                paths.log_file.display()
+                            );
+                            quick_exits += 1;
+                            std::thread::sleep(Duration::from_millis(200) * quick_exits.min(25));
+                        } else {
+                            quick_exits = 0;
+                        }
                     } else {
                         // Leave it running for whoever adopts it; reap it if it already ended.
                         let _ = c.try_wait();

@@ -28,6 +28,7 @@ fn start(dir: &Path) -> Welesd {
         .arg(dir.join("state"))
         .arg("--run-dir")
         .arg(dir.join("run"))
+        .args(["--tenant-api", "127.0.0.1:0"])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -237,6 +238,7 @@ fn a_restarted_manager_adopts_the_running_vtpm_and_refuses_a_rolled_back_store()
         .arg(dir.join("state"))
         .arg("--run-dir")
         .arg(dir.join("run"))
+        .args(["--tenant-api", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

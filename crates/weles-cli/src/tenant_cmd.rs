@@ -1,0 +1,376 @@
+//! The tenant's commands against a manager: `weles manager trust|show`, `weles vm …`,
+//! `weles policy push`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use weles_proto::api::{self, EventPage, Evidence, PolicyUpload, VmStatus};
+
+use crate::{Outcome, read_file};
+use weles_client::{self as manager_client, Connection, Signer, Trust};
+
+#[derive(Subcommand)]
+pub enum ManagerCommand {
+    /// Verify a manager's evidence for a fresh nonce and pin its keys for later commands.
+    ///
+    /// Checks that the evidence answers our nonce, binds the manager key M and the TLS key this
+    /// connection saw, and is signed by M. Evidence from the `sim` TEE backend proves nothing
+    /// about the platform (no hardware) and is refused unless --allow-simulated.
+    ///
+    /// Example:
+    ///   weles manager trust https://host:8443 --tenant acme --key ~/.ssh/id_ed25519
+    Trust(TrustArgs),
+    /// Show the trusted manager.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct TrustArgs {
+    /// The manager's tenant API, https://HOST:PORT.
+    url: String,
+    /// Your tenant name at this manager.
+    #[arg(long)]
+    tenant: String,
+    /// Your OpenSSH private key (the public half is registered with the manager's operator).
+    #[arg(long)]
+    key: PathBuf,
+    /// Accept evidence from the simulated TEE (development and tests only: no protection).
+    #[arg(long)]
+    allow_simulated: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum VmCommand {
+    /// Your VMs and their states.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One VM: state, why, entries verified, policy version, vTPM EK certificate.
+    /// Exit 0 if compliant, 1 if not.
+    Status {
+        vm: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A VM's events (state changes, violations); --follow streams new ones as they happen.
+    Events {
+        vm: String,
+        /// Start after this event number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// The policy file (TOML or Keylime JSON).
+    policy: PathBuf,
+    /// The VM it is for.
+    #[arg(long)]
+    vm: String,
+    /// Its signature (default: POLICY.sig, as `weles policy sign` and `ssh-keygen -Y sign` write).
+    #[arg(long)]
+    signature: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn connect() -> anyhow::Result<(Trust, Connection, Signer)> {
+    let trust = manager_client::load_trust()?;
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(&trust.tls_spki_sha256, &mut pin)
+        .context("the trust file's tls_spki_sha256")?;
+    let conn = Connection::open(&trust.url, Some(pin))?;
+    let signer = Signer::from_trust(&trust)?;
+    Ok((trust, conn, signer))
+}
+
+pub fn manager(cmd: ManagerCommand) -> anyhow::Result<Outcome> {
+    match cmd {
+        ManagerCommand::Trust(a) => trust(a),
+        ManagerCommand::Show { json } => {
+            let t = manager_client::load_trust()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!("manager {} (TEE {}), tenant {}", t.url, t.tee, t.tenant);
+                println!("  manager key {}", t.manager_key);
+                println!("  TLS key sha256 {}", t.tls_spki_sha256);
+            }
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+    let nonce = hex::encode(nonce);
+    let mut conn = Connection::open(&a.url, None)?;
+    let body = serde_json::to_vec(&api::EvidenceRequest {
+        nonce: nonce.clone(),
+    })?;
+    let r = conn.request("POST", "/v1/evidence", &body, None)?;
+    let ev: Evidence = manager_client::json(&r)?;
+    let seen = hex::encode(conn.seen_spki);
+    let checks = verify_evidence(&ev, &nonce, &seen);
+    if let Err(e) = checks {
+        bail!("the manager's evidence does not check out: {e}");
+    }
+    if ev.tee == "sim" && !a.allow_simulated {
+        eprintln!(
+            "weles: the manager runs on the simulated TEE (`sim`): its evidence is consistent but no \
+             hardware stands behind it, so it proves nothing about the platform or the manager's code. \
+             Trust it only for development and tests, with --allow-simulated."
+        );
+        return Ok(Outcome::Negative);
+    }
+    // The key must be usable now, not at the first request.
+    let key_text = read_file(&a.key)?;
+    let pass = std::env::var_os("WELES_KEY_PASSPHRASE").map(|p| p.into_encoded_bytes());
+    weles_policy::signing::load_private_key(&key_text, pass.as_deref())
+        .with_context(|| a.key.display().to_string())?;
+    let key = std::fs::canonicalize(&a.key).unwrap_or(a.key.clone());
+    let t = Trust {
+        url: a.url.trim_end_matches('/').to_owned(),
+        manager_key: ev.manager_key.clone(),
+        tls_spki_sha256: seen,
+        tee: ev.tee.clone(),
+        tenant: a.tenant,
+        key,
+        trusted_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64,
+    };
+    let path = manager_client::save_trust(&t)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "trust": t, "evidence": ev }))?
+        );
+    } else {
+        let sim = if ev.tee == "sim" {
+            " — SIMULATED, no hardware protection"
+        } else {
+            ""
+        };
+        println!(
+            "trusted manager {} (weles {}), TEE {}{sim}",
+            t.url, ev.manager_version, ev.tee
+        );
+        println!("  manager key {}", t.manager_key);
+        println!("  TLS key sha256 {}", t.tls_spki_sha256);
+        println!("  pinned in {}", path.display());
+    }
+    Ok(Outcome::Success)
+}
+
+/// The checks every backend shares: our nonce, the report data binding nonce, M and the TLS
+/// key we saw, M's signature; for `sim`, the report restates the report data.
+fn verify_evidence(ev: &Evidence, nonce: &str, seen_spki: &str) -> anyhow::Result<()> {
+    if ev.nonce != nonce {
+        bail!("it answers another nonce (a replayed answer?)");
+    }
+    if ev.tls_spki_sha256 != seen_spki {
+        bail!(
+            "it names TLS key {} but this connection used {seen_spki} (a relay?)",
+            ev.tls_spki_sha256
+        );
+    }
+    let expected = api::report_data(nonce, &ev.manager_key, seen_spki);
+    if ev.report_data != expected {
+        bail!("its report data does not bind the nonce, the manager key and the TLS key");
+    }
+    let m = ssh_key::PublicKey::from_openssh(&ev.manager_key).context("manager key")?;
+    let sig = ssh_key::SshSig::from_pem(ev.signature.as_bytes()).context("signature")?;
+    m.verify(api::EVIDENCE_NAMESPACE, ev.report_data.as_bytes(), &sig)
+        .map_err(|_| {
+            anyhow::anyhow!("the manager key's signature over the report data does not verify")
+        })?;
+    match ev.tee.as_str() {
+        "sim" => {
+            let report: serde_json::Value =
+                serde_json::from_str(&ev.report).context("sim report is not JSON")?;
+            if report["report_data"].as_str() != Some(expected.as_str()) {
+                bail!("the sim report carries other report data");
+            }
+        }
+        other => bail!("TEE backend {other:?}: this weles cannot verify its reports yet"),
+    }
+    Ok(())
+}
+
+pub fn vm(cmd: VmCommand) -> anyhow::Result<Outcome> {
+    let (_trust, mut conn, signer) = connect()?;
+    match cmd {
+        VmCommand::List { json } => {
+            let r = conn.request("GET", "/v1/vms", b"", Some(&signer))?;
+            let vms: Vec<VmStatus> = manager_client::json(&r)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&vms)?);
+            } else if vms.is_empty() {
+                println!("no VMs");
+            } else {
+                for v in &vms {
+                    println!("{}: {}{}", v.name, v.state, reason(&v.reason));
+                }
+            }
+            Ok(Outcome::Success)
+        }
+        VmCommand::Status { vm, json } => {
+            let r = conn.request("GET", &format!("/v1/vms/{vm}"), b"", Some(&signer))?;
+            let v: VmStatus = manager_client::json(&r)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}: {}{}", v.name, v.state, reason(&v.reason));
+                let policy = v
+                    .policy_version
+                    .map_or("none".into(), |p| format!("version {p}"));
+                println!(
+                    "  policy {policy}; {} entries verified, {} PCR 10 extends, {} boots",
+                    v.entries, v.extends, v.boots
+                );
+                if let Some(x) = &v.violation {
+                    println!(
+                        "  violation: entry {} {} ({}) {}",
+                        x["index"],
+                        x["path"].as_str().unwrap_or(""),
+                        x["reason"].as_str().unwrap_or(""),
+                        x["detail"].as_str().unwrap_or("")
+                    );
+                }
+                if let Some(n) = v.last_event {
+                    println!("  last event #{n}");
+                }
+            }
+            Ok(if v.state == "compliant" {
+                Outcome::Success
+            } else {
+                Outcome::Negative
+            })
+        }
+        VmCommand::Events {
+            vm,
+            after,
+            follow,
+            count,
+            json,
+        } => {
+            if !follow {
+                let r = conn.request(
+                    "GET",
+                    &format!("/v1/vms/{vm}/events?after={after}&limit=1000"),
+                    b"",
+                    Some(&signer),
+                )?;
+                let page: EventPage = manager_client::json(&r)?;
+                if let Some(l) = page.lost_before {
+                    eprintln!("weles: events before #{l} are no longer kept");
+                }
+                for e in &page.events {
+                    print_event(e, json);
+                }
+                return Ok(Outcome::Success);
+            }
+            let mut left = count;
+            conn.events(
+                &format!("/v1/vms/{vm}/events/stream?after={after}"),
+                &signer,
+                |kind, data| {
+                    if kind == "lost" {
+                        eprintln!("weles: some events were no longer kept: {data}");
+                        return true;
+                    }
+                    if let Ok(e) = serde_json::from_str::<serde_json::Value>(data) {
+                        print_event(&e, json);
+                        manager_client::flush_stdout();
+                    }
+                    if let Some(n) = left.as_mut() {
+                        *n -= 1;
+                        return *n > 0;
+                    }
+                    true
+                },
+            )?;
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+fn reason(r: &str) -> String {
+    if r.is_empty() {
+        String::new()
+    } else {
+        format!(" — {r}")
+    }
+}
+
+fn print_event(e: &serde_json::Value, json: bool) {
+    if json {
+        println!("{e}");
+        return;
+    }
+    let seq = &e["seq"];
+    let vm = e["vm"].as_str().unwrap_or("");
+    match e["kind"].as_str() {
+        Some("state") => println!(
+            "#{seq} {vm}: {} → {}{}",
+            e["from"].as_str().unwrap_or(""),
+            e["to"].as_str().unwrap_or(""),
+            reason(e["reason"].as_str().unwrap_or(""))
+        ),
+        Some("violation") => println!(
+            "#{seq} {vm}: VIOLATION entry {} {} ({}){}",
+            e["index"],
+            e["path"].as_str().unwrap_or(""),
+            e["reason"].as_str().unwrap_or(""),
+            e["digest"]
+                .as_str()
+                .map(|d| format!(" {d}"))
+                .unwrap_or_default()
+        ),
+        _ => println!("{e}"),
+    }
+}
+
+pub fn push(a: PushArgs) -> anyhow::Result<Outcome> {
+    let policy = String::from_utf8(read_file(&a.policy)?)
+        .with_context(|| format!("{} is not UTF-8 text", a.policy.display()))?;
+    weles_policy::Policy::load(policy.as_bytes(), &a.policy.display().to_string())?;
+    let sig_file = crate::policy_cmd::sig_path(&a.policy, a.signature.as_deref());
+    let signature = String::from_utf8(read_file(&sig_file)?)
+        .with_context(|| format!("{} is not a text signature", sig_file.display()))?;
+    let (_t, mut conn, signer) = connect()?;
+    let body = serde_json::to_vec(&PolicyUpload { policy, signature })?;
+    let r = conn.request(
+        "PUT",
+        &format!("/v1/vms/{}/policy", a.vm),
+        &body,
+        Some(&signer),
+    )?;
+    let v: serde_json::Value = manager_client::json(&r)?;
+    if a.json {
+        println!("{v}");
+    } else {
+        println!(
+            "policy version {} is in force for VM {}",
+            v["policy_version"], a.vm
+        );
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,363 @@
+//! The tenant's whole path through a real welesd, with the real `weles` CLI: trust the manager
+//! (sim evidence refused without --allow-simulated), push a signed policy, watch the VM become
+//! compliant while this test plays its kernel on the vTPM welesd runs, see the violation, and
+//! get clear refusals — wrong tenant, bad signature, older version, replayed request, unknown VM
+//! — that change nothing. Then SIGKILL welesd: the restarted manager recovers the VM's state.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use weles_proto::operator::{OperatorReply, OperatorRequest, call};
+
+mod support;
+use support::{Kill, bin, real_log, split, unlisted_entry};
+
+struct Env {
+    dir: PathBuf,
+}
+
+impl Env {
+    fn weles(&self, home: &str, args: &[&str]) -> Output {
+        Command::new(bin("weles"))
+            .args(args)
+            .env("WELES_HOME", self.dir.join(format!("home-{home}")))
+            .current_dir(&self.dir)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, home: &str, args: &[&str]) -> String {
+        let o = self.weles(home, args);
+        assert!(
+            o.status.success(),
+            "weles {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs `weles` expecting failure with `code`; returns stderr.
+    fn refused(&self, home: &str, args: &[&str], exit: i32) -> String {
+        let o = self.weles(home, args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(exit), "weles {args:?}: {err}");
+        err
+    }
+
+    fn sh(&self, cmd: &str) {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    fn start_welesd(&self) -> Kill {
+        let child = Command::new(env!("CARGO_BIN_EXE_welesd"))
+            .arg("--config")
+            .arg(self.dir.join("welesd.toml"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(OperatorReply::Health(h)) = call(&self.socket(), &OperatorRequest::Health)
+                && h.tenant_api.is_some()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "welesd did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Kill(child)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("run/operator.sock")
+    }
+
+    fn api_url(&self) -> String {
+        match call(&self.socket(), &OperatorRequest::Health).unwrap() {
+            OperatorReply::Health(h) => format!("https://{}", h.tenant_api.unwrap()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn operator(&self, req: OperatorRequest) -> OperatorReply {
+        call(&self.socket(), &req).unwrap()
+    }
+
+    fn vm_run(&self, f: &str) -> PathBuf {
+        self.dir.join("run/vms/web-1").join(f)
+    }
+
+    /// `weles vm status web-1 --json` as acme.
+    fn status(&self) -> serde_json::Value {
+        let o = self.weles("acme", &["vm", "status", "web-1", "--json"]);
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("status: {}", String::from_utf8_lossy(&o.stderr)))
+    }
+
+    fn wait_state(&self, state: &str, entries: u64) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = self.status();
+            if s["state"] == state && s["entries"] == entries {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never {state} with {entries} entries: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn write_policy(dir: &Path, name: &str, version: u64) {
+    let text = std::fs::read_to_string(format!(
+        "{}/testdata/demo/policy-tolerant.toml",
+        support::ROOT
+    ))
+    .unwrap()
+    .replace("version = 4", &format!("version = {version}"));
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+#[test]
+fn a_tenant_trusts_pushes_watches_and_is_refused_where_it_must_be() {
+    let dir = std::env::temp_dir().join(format!("weles-tenant-flow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = Env { dir: dir.clone() };
+    // A fixed port: the tenant's trust names it, and it must survive a manager restart.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.join("welesd.toml"),
+        format!(
+            "state_dir = \"{0}/state\"\nrun_dir = \"{0}/run\"\ntenant_api = \"127.0.0.1:{port}\"\n[vtpm]\ndata_socket = true\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    env.sh("ssh-keygen -q -t ed25519 -N '' -C acme -f acme && ssh-keygen -q -t ed25519 -N '' -C bob -f bob");
+    let mut welesd = Some(env.start_welesd());
+    for t in ["acme", "bob"] {
+        let key = std::fs::read_to_string(dir.join(format!("{t}.pub"))).unwrap();
+        assert!(matches!(
+            env.operator(OperatorRequest::RegisterTenant {
+                name: t.into(),
+                ssh_key: key
+            }),
+            OperatorReply::Tenant(_)
+        ));
+    }
+    assert!(matches!(
+        env.operator(OperatorRequest::CreateVm {
+            tenant: "acme".into(),
+            name: "web-1".into()
+        }),
+        OperatorReply::Vm(_)
+    ));
+    let url = env.api_url();
+
+    // Trust: sim evidence is refused unless asked for, and nothing is pinned.
+    let err = env.refused(
+        "acme",
+        &[
+            "manager", "trust", &url, "--tenant", "acme", "--key", "acme",
+        ],
+        1,
+    );
+    assert!(err.contains("--allow-simulated"), "{err}");
+    assert!(!dir.join("home-acme/manager.json").exists());
+    for t in ["acme", "bob"] {
+        env.ok(
+            t,
+            &[
+                "manager",
+                "trust",
+                &url,
+                "--tenant",
+                t,
+                "--key",
+                t,
+                "--allow-simulated",
+            ],
+        );
+    }
+
+    // Policies: acme's signed v4 goes in; the refusals change nothing.
+    write_policy(&dir, "v4.toml", 4);
+    env.ok("acme", &["policy", "sign", "v4.toml", "--key", "acme"]);
+    env.ok("acme", &["policy", "push", "v4.toml", "--vm", "web-1"]);
+    let err = env.refused("acme", &["policy", "push", "v4.toml", "--vm", "web-1"], 2);
+    assert!(err.contains("stale_version"), "{err}");
+    write_policy(&dir, "v3.toml", 3);
+    env.ok("acme", &["policy", "sign", "v3.toml", "--key", "acme"]);
+    assert!(
+        env.refused("acme", &["policy", "push", "v3.toml", "--vm", "web-1"], 2)
+            .contains("stale_version")
+    );
+    // A signature that does not cover this text.
+    write_policy(&dir, "v5.toml", 5);
+    std::fs::copy(dir.join("v4.toml.sig"), dir.join("v5.toml.sig")).unwrap();
+    assert!(
+        env.refused("acme", &["policy", "push", "v5.toml", "--vm", "web-1"], 2)
+            .contains("bad_signature")
+    );
+    // Bob's own valid signature, on acme's VM.
+    env.ok("bob", &["policy", "sign", "v5.toml", "--key", "bob"]);
+    let err = env.refused("bob", &["policy", "push", "v5.toml", "--vm", "web-1"], 2);
+    assert!(err.contains("unknown_vm"), "{err}");
+    assert!(
+        env.refused("bob", &["vm", "status", "web-1"], 2)
+            .contains("unknown_vm")
+    );
+    assert!(
+        env.refused("acme", &["vm", "status", "nope"], 2)
+            .contains("unknown_vm")
+    );
+    assert_eq!(
+        env.status()["policy_version"],
+        4,
+        "refusals changed nothing"
+    );
+
+    // A replayed request is refused; so is a signature reused for another path.
+    let trust: weles_client::Trust =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("home-acme/manager.json")).unwrap())
+            .unwrap();
+    let signer = weles_client::Signer::from_trust(&trust).unwrap();
+    let pin = {
+        let mut p = [0u8; 32];
+        hex::decode_to_slice(&trust.tls_spki_sha256, &mut p).unwrap();
+        p
+    };
+    let headers = signer.headers("GET", "/v1/vms/web-1", b"").unwrap();
+    let mut c = weles_client::Connection::open(&trust.url, Some(pin)).unwrap();
+    assert_eq!(
+        c.request_with("GET", "/v1/vms/web-1", b"", headers.clone())
+            .unwrap()
+            .status,
+        200
+    );
+    let again = c
+        .request_with("GET", "/v1/vms/web-1", b"", headers.clone())
+        .unwrap();
+    assert_eq!(again.status, 401);
+    assert!(String::from_utf8_lossy(&again.body).contains("replayed"));
+    let other = c
+        .request_with(
+            "GET",
+            "/v1/vms",
+            b"",
+            signer.headers("GET", "/v1/vms/web-1", b"").unwrap(),
+        )
+        .unwrap();
+    assert_eq!(other.status, 401);
+    // A client pinned to another key does not talk to this manager.
+    assert!(weles_client::Connection::open(&trust.url, Some([7; 32])).is_err());
+
+    // The VM runs: power on, its agent streams the log, this test plays the kernel.
+    let mut data = support::power_on(&env.vm_run("vtpm.sock"), &env.vm_run("data.sock"));
+    let log = dir.join("guest-log");
+    std::fs::write(&log, b"").unwrap();
+    std::fs::write(dir.join("boot_id"), "boot-1").unwrap();
+    let _guest = Kill(
+        Command::new(bin("weles-guest"))
+            .arg("--channel")
+            .arg(env.vm_run("guest.sock"))
+            .arg("--ima-log")
+            .arg(&log)
+            .arg("--boot-id-file")
+            .arg(dir.join("boot_id"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for (e, raw) in split(&real_log()) {
+        support::measure(&log, &mut data, &e, &raw, true, true);
+    }
+    let s = env.wait_state("compliant", 9);
+    assert_eq!(s["policy_version"], 4);
+    assert!(s["ek_certificate"].as_str().is_some_and(|c| c.len() > 100));
+    env.ok("acme", &["vm", "status", "web-1"]); // exit 0: compliant
+
+    // Follow the events while the VM runs something unlisted.
+    let mut follower = Kill(
+        Command::new(bin("weles"))
+            .args(["vm", "events", "web-1", "--follow", "--json"])
+            .args([
+                "--after",
+                &s["last_event"].as_u64().unwrap_or(0).to_string(),
+            ])
+            .env("WELES_HOME", dir.join("home-acme"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = follower.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (miner, raw) = split(&unlisted_entry()).remove(0);
+    support::measure(&log, &mut data, &miner, &raw, true, true);
+    let mut events = Vec::new();
+    while !events
+        .iter()
+        .any(|e: &serde_json::Value| e["to"] == "violated")
+    {
+        events.push(
+            rx.recv_timeout(Duration::from_secs(5))
+                .expect("the violation streamed"),
+        );
+    }
+    drop(follower);
+    let v = events
+        .iter()
+        .find(|e| e["kind"] == "violation")
+        .expect("a violation event");
+    assert_eq!(v["path"], "/usr/local/bin/miner");
+    assert_eq!(v["reason"], "not_in_policy");
+    assert_eq!(v["index"], 9);
+    assert_eq!(v["digest"], format!("sha256:{}", "66".repeat(32)));
+    let err = env.refused("acme", &["vm", "status", "web-1"], 1);
+    assert!(err.is_empty(), "{err}");
+    let page = env.ok("acme", &["vm", "events", "web-1", "--json"]);
+    assert!(page.contains("/usr/local/bin/miner"));
+
+    // welesd dies without warning; the vTPM and the agent carry on; the new welesd rebuilds the
+    // VM's state from the vTPM's event backlog and the agent's log.
+    welesd.take();
+    let _welesd = env.start_welesd();
+    let s = env.wait_state("violated", 10);
+    assert_eq!(s["violation"]["path"], "/usr/local/bin/miner");
+    assert_eq!(s["policy_version"], 4);
+    drop(data);
+    let _ = UnixStream::connect(env.vm_run("vtpm.sock"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
