@@ -1,5 +1,6 @@
 //! `weles`: the WELES command line for tenants and operators.
 
+mod audit_cmd;
 mod ima_cmd;
 mod operator_cmd;
 mod policy_cmd;
@@ -42,6 +43,9 @@ enum Command {
     Vm(tenant_cmd::VmCommand),
     /// Operate a host's welesd: tenants, VMs, health (local socket, root).
     Operator(operator_cmd::OperatorArgs),
+    /// Verify a manager's audit log offline.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
 }
 
 /// How a command that ran to completion ended. Errors (exit 2) are returned as `Err` instead.
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Command::Operator(a) => operator_cmd::run(a),
         Command::Manager(c) => tenant_cmd::manager(c),
         Command::Vm(c) => tenant_cmd::vm(c),
+        Command::Audit(c) => audit_cmd::run(c),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

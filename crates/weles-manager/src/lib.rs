@@ -11,6 +11,7 @@
 //! * [`operator`] — the local operator API (Unix socket).
 //! * [`config`] — welesd.toml.
 
+pub mod audit;
 pub mod config;
 pub mod guest_link;
 pub mod identity;

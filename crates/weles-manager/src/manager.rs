@@ -10,8 +10,10 @@ use weles_proto::operator::{Health, OperatorReply, OperatorRequest, TenantInfo, 
 
 use weles_proto::api::{Evidence, PolicyUpload, VmStatus};
 
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::guest_link::GuestLink;
+use crate::monitor::{Checkpoint, Monitor};
 use crate::notices::NoticeHub;
 use crate::store::{Registry, Store, StoreError, Tenant, VmRecord};
 use crate::supervisor::{self, VmPaths, VtpmProcess};
@@ -76,6 +78,7 @@ impl Running {
 
 pub struct Manager {
     cfg: Config,
+    audit: Arc<AuditLog>,
     tee: Box<dyn TeeBackend>,
     /// The tenant API's bound address, once listening.
     api_addr: Mutex<Option<std::net::SocketAddr>>,
@@ -91,7 +94,19 @@ impl Manager {
     pub fn open(cfg: Config) -> anyhow::Result<(Arc<Manager>, Vec<String>)> {
         let (store, notes) = Store::open(&cfg)?;
         let tee = crate::tee::backend(&cfg.tee)?;
+        let key = crate::identity::load_ssh_key(&store.secrets().manager_key)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let (audit, checkpoints) = AuditLog::open(&cfg.state_dir.join("audit.log"), key)?;
+        let audit = Arc::new(audit);
+        audit.append(
+            "manager_started",
+            None,
+            None,
+            serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "tee": tee.kind() }),
+            None,
+        )?;
         let mgr = Arc::new(Manager {
+            audit,
             tee,
             api_addr: Mutex::new(None),
             cfg,
@@ -104,7 +119,7 @@ impl Manager {
         let records: Vec<VmRecord> =
             mgr.with_store(|s| s.registry().vms.values().cloned().collect());
         for rec in records {
-            mgr.start_vm(&rec)?;
+            mgr.start_vm(&rec, checkpoints.get(&rec.name))?;
         }
         let m = Arc::downgrade(&mgr);
         let stop = mgr.stop.clone();
@@ -341,10 +356,58 @@ impl Manager {
                 Ok(())
             })
         })?;
+        self.log(
+            "policy",
+            Some(name),
+            Some(tenant),
+            serde_json::json!({
+                "version": version,
+                "sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(upload.policy.as_bytes())),
+            }),
+        );
         if let Some(vm) = self.running_vm(name) {
             vm.set_policy(Arc::new(policy));
         }
         Ok(version)
+    }
+
+    /// Records an operation in the audit log (a failure to record is reported, not fatal: the
+    /// operation itself is already sealed in the store).
+    fn log(&self, kind: &str, vm: Option<&str>, tenant: Option<&str>, event: serde_json::Value) {
+        if let Err(e) = self.audit.append(kind, vm, tenant, event, None) {
+            eprintln!("welesd: cannot record {kind}: {e}");
+        }
+    }
+
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    /// A VM's notices after `after`, from the audit log, as the event stream shows them.
+    pub fn events_history(
+        &self,
+        vm: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, ManagerError> {
+        let records = self
+            .audit
+            .read(after, Some(vm), usize::MAX)
+            .map_err(|e| ManagerError::Internal(e.to_string()))?;
+        Ok(records
+            .into_iter()
+            .filter(|r| r.kind == "vm_notice")
+            .take(limit)
+            .map(|r| {
+                let mut e = r.event;
+                if let Some(o) = e.as_object_mut() {
+                    o.insert("seq".into(), r.seq.into());
+                    o.insert("time_ms".into(), r.time_ms.into());
+                    o.insert("vm".into(), vm.into());
+                }
+                e
+            })
+            .collect())
     }
 
     fn running_vm(&self, name: &str) -> Option<Arc<Vm>> {
@@ -430,7 +493,14 @@ impl Manager {
                 Ok(())
             })
         })?;
-        Ok(tenant_info(&tenant))
+        let info = tenant_info(&tenant);
+        self.log(
+            "tenant_registered",
+            None,
+            Some(name),
+            serde_json::json!({ "ssh_key_fingerprint": info.ssh_key_fingerprint }),
+        );
+        Ok(info)
     }
 
     pub fn create_vm(&self, tenant: &str, name: &str) -> Result<VmInfo, ManagerError> {
@@ -479,7 +549,13 @@ impl Manager {
             remove_vm_dirs(&paths);
             return Err(e);
         }
-        self.start_vm(&rec)
+        self.log(
+            "vm_created",
+            Some(name),
+            Some(tenant),
+            serde_json::json!({}),
+        );
+        self.start_vm(&rec, None)
             .map_err(|e| ManagerError::Internal(e.to_string()))?;
         self.vm_info(name)
     }
@@ -493,6 +569,7 @@ impl Manager {
                     .ok_or_else(|| ManagerError::UnknownVm(name.to_owned()))
             })
         })?;
+        self.log("vm_deleted", Some(name), None, serde_json::json!({}));
         let running = self.running.lock().ok().and_then(|mut r| r.remove(name));
         let paths = VmPaths::new(&self.cfg.state_dir, &self.cfg.run_dir, name);
         if let Some(r) = running {
@@ -539,11 +616,32 @@ impl Manager {
         })
     }
 
-    /// Starts monitoring a registered VM: its vTPM, the event link, the guest channel.
-    fn start_vm(&self, rec: &VmRecord) -> anyhow::Result<()> {
+    /// Starts monitoring a registered VM: its vTPM, the event link, the guest channel. With a
+    /// checkpoint from the audit log, the monitor goes on from there.
+    fn start_vm(
+        &self,
+        rec: &VmRecord,
+        checkpoint: Option<&serde_json::Value>,
+    ) -> anyhow::Result<()> {
         let paths = VmPaths::new(&self.cfg.state_dir, &self.cfg.run_dir, &rec.name);
         paths.create_dirs()?;
-        let vm = Vm::new(&rec.name, self.notices.clone());
+        let monitor = match checkpoint {
+            None => Monitor::new(),
+            Some(cp) => {
+                let cp: Checkpoint = serde_json::from_value(cp.clone()).map_err(|e| {
+                    anyhow::anyhow!("VM {}: checkpoint in the audit log: {e}", rec.name)
+                })?;
+                Monitor::restore(&cp, Instant::now())
+                    .map_err(|e| anyhow::anyhow!("VM {}: {e}", rec.name))?
+            }
+        };
+        let vm = Vm::with_monitor(
+            &rec.name,
+            &rec.tenant,
+            monitor,
+            self.notices.clone(),
+            Some(self.audit.clone()),
+        );
         if let Some(p) = &rec.policy {
             let policy = Policy::load(p.policy.as_bytes(), &format!("policy of VM {}", rec.name))?;
             vm.set_policy(Arc::new(policy));

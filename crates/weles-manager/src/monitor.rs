@@ -22,8 +22,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use weles_ima::{Bank, Config, Digest, Verifier};
+use serde::{Deserialize, Serialize};
+use weles_ima::{Bank, ByteOrder, Config, Digest, LogFormat, State, Verifier};
 use weles_policy::Policy;
 use weles_proto::guest::Hello;
 use weles_proto::vtpm_events::{BankDigest, Event, Record};
@@ -39,7 +39,7 @@ const REPLAY_HISTORY: usize = 256;
 const MAX_REPORTED: usize = 100;
 
 /// A VM's integrity state. The names are a stable interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VmState {
     /// TPM2_Startup(CLEAR) seen: a new boot, waiting for its agent and log.
@@ -67,7 +67,7 @@ impl VmState {
 }
 
 /// One reason a VM is violated, located in its log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     /// 0-based entry index (for `pcr_mismatch`: the number of extends checked).
     pub index: u64,
@@ -494,12 +494,123 @@ impl Monitor {
     }
 }
 
-fn new_verifier() -> Verifier {
-    Verifier::new(Config {
+/// Everything a restarted manager needs to go on where the monitor was (recorded in the audit
+/// log with each notice). The replay history is not kept: the vTPM's events and the guest's log
+/// after the checkpoint are simply delivered again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub state: VmState,
+    pub reason: String,
+    pub vtpm_seq: u64,
+    pub started: bool,
+    pub history_lost: bool,
+    pub boot_id: Option<String>,
+    pub hello_ms: u64,
+    pub stale_boot_id: Option<String>,
+    pub extends: u64,
+    /// The vTPM's PCR 10, `alg:hex` per bank.
+    pub pcrs: Vec<String>,
+    /// `binary-le`, `binary-be`, `ascii`.
+    pub log_format: Option<String>,
+    pub log_entries: u64,
+    pub log_extends: u64,
+    pub log_offset: u64,
+    pub log_pcrs: Vec<String>,
+    pub violation: Option<Finding>,
+    pub boots: u64,
+    pub pending: bool,
+}
+
+fn digest_text(d: &Digest) -> String {
+    format!("{}:{}", d.algorithm().name(), d.to_hex())
+}
+
+impl Monitor {
+    pub fn checkpoint(&self) -> Checkpoint {
+        let st = self.verifier.state();
+        Checkpoint {
+            state: self.state,
+            reason: self.reason.clone(),
+            vtpm_seq: self.vtpm_seq,
+            started: self.started,
+            history_lost: self.history_lost,
+            boot_id: self.boot_id.clone(),
+            hello_ms: self.hello_ms,
+            stale_boot_id: self.stale_boot_id.clone(),
+            extends: self.extends,
+            pcrs: self.pcrs.iter().map(digest_text).collect(),
+            log_format: st.format.map(|f| {
+                match f {
+                    LogFormat::Binary(ByteOrder::Little) => "binary-le",
+                    LogFormat::Binary(ByteOrder::Big) => "binary-be",
+                    LogFormat::Ascii(_) => "ascii",
+                }
+                .to_owned()
+            }),
+            log_entries: st.entries,
+            log_extends: st.extends,
+            log_offset: st.offset,
+            log_pcrs: st.pcrs.iter().map(digest_text).collect(),
+            violation: self.violation.clone(),
+            boots: self.boots,
+            pending: self.pending_since.is_some(),
+        }
+    }
+
+    /// A monitor that goes on from `cp`; a pending grace period starts again at `now`.
+    pub fn restore(cp: &Checkpoint, now: Instant) -> Result<Monitor, String> {
+        let parse = |v: &[String]| -> Result<Vec<Digest>, String> {
+            v.iter()
+                .map(|t| Digest::parse(t).map_err(|e| format!("checkpoint digest {t:?}: {e}")))
+                .collect()
+        };
+        let format = match cp.log_format.as_deref() {
+            None => None,
+            Some("binary-le") => Some(LogFormat::Binary(ByteOrder::Little)),
+            Some("binary-be") => Some(LogFormat::Binary(ByteOrder::Big)),
+            Some("ascii") => Some(LogFormat::Ascii(ByteOrder::Little)),
+            Some(other) => return Err(format!("checkpoint log format {other:?}")),
+        };
+        let verifier = Verifier::resume(
+            verifier_config(),
+            State {
+                format,
+                entries: cp.log_entries,
+                extends: cp.log_extends,
+                offset: cp.log_offset,
+                pcrs: parse(&cp.log_pcrs)?,
+            },
+        );
+        Ok(Monitor {
+            policy: None,
+            verifier,
+            state: cp.state,
+            reason: cp.reason.clone(),
+            extends: cp.extends,
+            pcrs: parse(&cp.pcrs)?,
+            vtpm_seq: cp.vtpm_seq,
+            history_lost: cp.history_lost,
+            started: cp.started,
+            boot_id: cp.boot_id.clone(),
+            hello_ms: cp.hello_ms,
+            stale_boot_id: cp.stale_boot_id.clone(),
+            pending_since: cp.pending.then_some(now),
+            violation: cp.violation.clone(),
+            boots: cp.boots,
+        })
+    }
+}
+
+fn verifier_config() -> Config {
+    Config {
         banks: vec![Bank::Sha1, Bank::Sha256],
         replay_history: REPLAY_HISTORY,
         ..Config::default()
-    })
+    }
+}
+
+fn new_verifier() -> Verifier {
+    Verifier::new(verifier_config())
 }
 
 fn parse_pcrs(pcrs: &[BankDigest]) -> Option<Vec<Digest>> {

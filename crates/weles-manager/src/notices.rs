@@ -29,7 +29,10 @@ pub struct NoticeHub {
 }
 
 struct Ring {
-    next: u64,
+    /// The newest sequence number published.
+    last: u64,
+    /// The newest sequence number dropped from the ring (0: none).
+    evicted: u64,
     records: VecDeque<NoticeRecord>,
     capacity: usize,
 }
@@ -45,7 +48,8 @@ impl NoticeHub {
     pub fn new(capacity: usize) -> Self {
         NoticeHub {
             ring: Mutex::new(Ring {
-                next: 1,
+                last: 0,
+                evicted: 0,
                 records: VecDeque::new(),
                 capacity: capacity.max(1),
             }),
@@ -53,17 +57,20 @@ impl NoticeHub {
         }
     }
 
-    pub fn publish(&self, vm: &str, notice: Notice) -> u64 {
+    /// Publishes a notice under `seq` (its audit record's number; numbers only grow, with gaps
+    /// where the audit log holds records that are not notices).
+    pub fn publish(&self, seq: u64, vm: &str, notice: Notice) -> u64 {
         let time_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let Ok(mut r) = self.ring.lock() else {
             return 0;
         };
-        let seq = r.next;
-        r.next += 1;
-        if r.records.len() == r.capacity {
-            r.records.pop_front();
+        r.last = r.last.max(seq);
+        if r.records.len() == r.capacity
+            && let Some(old) = r.records.pop_front()
+        {
+            r.evicted = old.seq;
         }
         r.records.push_back(NoticeRecord {
             seq,
@@ -85,20 +92,20 @@ impl NoticeHub {
         let Ok(mut r) = self.ring.lock() else {
             return empty;
         };
-        if r.next <= after + 1 {
+        if r.last <= after {
             r = match self
                 .grew
-                .wait_timeout_while(r, timeout, |r| r.next <= after + 1)
+                .wait_timeout_while(r, timeout, |r| r.last <= after)
             {
                 Ok((r, _)) => r,
                 Err(_) => return empty,
             };
         }
-        let first = r.records.front().map_or(r.next, |x| x.seq);
         let skip = r.records.partition_point(|x| x.seq <= after);
+        let first = r.records.front().map_or(r.last + 1, |x| x.seq);
         Batch {
             records: r.records.iter().skip(skip).cloned().collect(),
-            lost_before: (after + 1 < first).then_some(first),
+            lost_before: (after < r.evicted).then_some(first),
         }
     }
 
@@ -112,7 +119,7 @@ impl NoticeHub {
 
     /// The sequence number of the newest notice (0: none yet).
     pub fn last_seq(&self) -> u64 {
-        self.ring.lock().map_or(0, |r| r.next - 1)
+        self.ring.lock().map_or(0, |r| r.last)
     }
 }
 
@@ -133,8 +140,8 @@ mod tests {
     fn readers_resume_and_learn_of_losses() {
         let hub = NoticeHub::new(2);
         assert_eq!(hub.read_after(0, Duration::from_millis(1)).records.len(), 0);
-        for _ in 0..3 {
-            hub.publish("vm", n());
+        for seq in 1..=3 {
+            hub.publish(seq, "vm", n());
         }
         let b = hub.read_after(0, Duration::ZERO);
         assert_eq!(b.lost_before, Some(2));

@@ -304,22 +304,15 @@ impl TenantApi {
         self.mgr.check_owner(tenant, vm)?;
         let after = number(req, "after", 0)?;
         let limit = number(req, "limit", 100)?.clamp(1, 1000) as usize;
-        let batch = self.mgr.notices().read_after(after, Duration::ZERO);
-        let mut next = after;
-        let mut events = Vec::new();
-        for r in batch.records {
-            next = r.seq;
-            if r.vm == vm {
-                events.push(serde_json::to_value(&r).unwrap_or_default());
-                if events.len() == limit {
-                    break;
-                }
-            }
-        }
+        let events = self.mgr.events_history(vm, after, limit)?;
+        let next = events
+            .last()
+            .and_then(|e| e["seq"].as_u64())
+            .unwrap_or(after);
         json(&EventPage {
             events,
             next,
-            lost_before: batch.lost_before,
+            lost_before: None,
         })
     }
 
@@ -344,6 +337,32 @@ impl TenantApi {
             .write_all(head.as_bytes())
             .and_then(|()| out.flush())
             .is_err()
+        {
+            return false;
+        }
+        // What the audit log holds up to `cut`, then from the live notices everything after it:
+        // a record is published while the log is locked, so every record up to `cut` is on disk
+        // and every later one reaches the live notices after this point.
+        let cut = self.mgr.audit().last_seq();
+        let mut backlog = String::new();
+        match self.mgr.events_history(vm, after, usize::MAX) {
+            Ok(events) => {
+                for e in events {
+                    if e["seq"].as_u64().is_some_and(|s| s > cut) {
+                        break;
+                    }
+                    let kind = event_kind(&e);
+                    backlog.push_str(&format!("id: {}\nevent: {kind}\ndata: {e}\n\n", e["seq"]));
+                }
+            }
+            Err(_) => return false,
+        }
+        after = after.max(cut);
+        if !backlog.is_empty()
+            && out
+                .write_all(backlog.as_bytes())
+                .and_then(|()| out.flush())
+                .is_err()
         {
             return false;
         }
@@ -383,6 +402,13 @@ impl TenantApi {
                 return false;
             }
         }
+    }
+}
+
+fn event_kind(e: &serde_json::Value) -> &'static str {
+    match e["kind"].as_str() {
+        Some("violation") => "violation",
+        _ => "state",
     }
 }
 

@@ -8,24 +8,41 @@ use weles_policy::Policy;
 use weles_proto::guest::{self, Hello, ManagerMessage};
 use weles_proto::vtpm_events::Record;
 
-use crate::monitor::{Monitor, Status, Step};
+use crate::audit::AuditLog;
+use crate::monitor::{Monitor, Notice, Status, Step};
 use crate::notices::NoticeHub;
 
 pub struct Vm {
     pub id: String,
+    pub tenant: String,
     monitor: Mutex<Monitor>,
     /// The current guest connection's writing half, for `Want`s from any input.
     guest_out: Mutex<Option<UnixStream>>,
     notices: Arc<NoticeHub>,
+    /// Where notices are recorded (with the monitor's checkpoint) before anyone sees them.
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl Vm {
+    /// A VM without an audit log (tests of the monitor's wiring).
     pub fn new(id: &str, notices: Arc<NoticeHub>) -> Arc<Vm> {
+        Self::with_monitor(id, "", Monitor::new(), notices, None)
+    }
+
+    pub fn with_monitor(
+        id: &str,
+        tenant: &str,
+        monitor: Monitor,
+        notices: Arc<NoticeHub>,
+        audit: Option<Arc<AuditLog>>,
+    ) -> Arc<Vm> {
         Arc::new(Vm {
             id: id.to_owned(),
-            monitor: Mutex::new(Monitor::new()),
+            tenant: tenant.to_owned(),
+            monitor: Mutex::new(monitor),
             guest_out: Mutex::new(None),
             notices,
+            audit,
         })
     }
 
@@ -40,12 +57,43 @@ impl Vm {
             return;
         };
         let step = f(&mut m);
-        for n in step.notices {
-            self.notices.publish(&self.id, n);
+        if !step.notices.is_empty() {
+            let checkpoint = serde_json::to_value(m.checkpoint()).ok();
+            let last = step.notices.len() - 1;
+            for (i, n) in step.notices.into_iter().enumerate() {
+                self.record(n, if i == last { checkpoint.clone() } else { None });
+            }
         }
         drop(m);
         if let Some(offset) = step.want {
             self.send(&ManagerMessage::Want { offset });
+        }
+    }
+
+    /// Records a notice in the audit log, then publishes it under the record's number. Without
+    /// an audit log (tests) notices are numbered in memory.
+    fn record(&self, n: Notice, checkpoint: Option<serde_json::Value>) {
+        let Some(audit) = &self.audit else {
+            let seq = self.notices.last_seq() + 1;
+            self.notices.publish(seq, &self.id, n);
+            return;
+        };
+        let event = serde_json::to_value(&n).unwrap_or_default();
+        let tenant = Some(self.tenant.as_str()).filter(|t| !t.is_empty());
+        let hub = &self.notices;
+        let result = audit.append_then(
+            "vm_notice",
+            Some(&self.id),
+            tenant,
+            event,
+            checkpoint,
+            |seq| {
+                hub.publish(seq, &self.id, n);
+            },
+        );
+        if let Err(e) = result {
+            // The VM's state stands (authorizations follow it); only the notice is missing.
+            eprintln!("welesd: vm {}: cannot record a notice: {e}", self.id);
         }
     }
 

@@ -357,6 +357,29 @@ fn a_tenant_trusts_pushes_watches_and_is_refused_where_it_must_be() {
     let s = env.wait_state("violated", 10);
     assert_eq!(s["violation"]["path"], "/usr/local/bin/miner");
     assert_eq!(s["policy_version"], 4);
+    // Nothing was lost and nothing doubled: one violation in the history, as before.
+    std::thread::sleep(Duration::from_millis(300));
+    let page = env.ok("acme", &["vm", "events", "web-1", "--json"]);
+    assert_eq!(page.matches("\"kind\":\"violation\"").count(), 1, "{page}");
+    assert_eq!(page.matches("\"to\":\"violated\"").count(), 1, "{page}");
+
+    // The audit log checks out offline against the pinned manager key; an edit does not.
+    let audit = dir.join("state/audit.log");
+    let out = env.ok(
+        "acme",
+        &["audit", "verify", audit.to_str().unwrap(), "--vm", "web-1"],
+    );
+    assert!(out.contains("intact"), "{out}");
+    assert!(out.contains("not_in_policy"), "{out}");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    std::fs::write(
+        dir.join("edited.log"),
+        text.replacen("not_in_policy", "not_in_pol1cy", 1),
+    )
+    .unwrap();
+    let o = env.weles("acme", &["audit", "verify", "edited.log"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("BROKEN at line"));
     drop(data);
     let _ = UnixStream::connect(env.vm_run("vtpm.sock"));
     let _ = std::fs::remove_dir_all(&dir);

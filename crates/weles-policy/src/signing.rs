@@ -68,3 +68,18 @@ pub fn verify(signer: &PublicKey, policy: &[u8], armored: &[u8]) -> Result<(), S
         .verify(NAMESPACE, policy, &sig)
         .map_err(SignatureError::Invalid)
 }
+
+/// Verifies a binary sshsig blob (not armored) over `msg` in `namespace`: API requests and
+/// audit records carry their signatures this way.
+pub fn verify_blob(
+    signer: &PublicKey,
+    namespace: &str,
+    msg: &[u8],
+    blob: &[u8],
+) -> Result<(), SignatureError> {
+    use ssh_key::encoding::Decode as _;
+    let sig = SshSig::decode(&mut &blob[..]).map_err(SignatureError::Format)?;
+    signer
+        .verify(namespace, msg, &sig)
+        .map_err(SignatureError::Invalid)
+}

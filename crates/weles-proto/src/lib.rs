@@ -11,6 +11,7 @@
 //! no input panics (fuzz target `guest_channel`, `vtpm_events`).
 
 pub mod api;
+pub mod audit;
 pub mod framing;
 pub mod guest;
 pub mod http;

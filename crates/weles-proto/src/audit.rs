@@ -1,0 +1,125 @@
+//! The audit log's format (`docs/audit.md`), shared by welesd (which writes it) and
+//! `weles audit verify` (which checks it offline).
+//!
+//! One record per line: `JSON TAB base64(sshsig blob) LF`. The JSON is a [`Record`]; `prev` is
+//! the SHA-256 of the previous line (its LF included), 64 zeros for the first; the signature
+//! (sshsig, namespace `weles-audit`, by the manager key) covers the JSON's exact bytes. Checking
+//! the signature needs an SSH library; callers pass it in.
+
+use std::io::BufRead;
+
+use base64ct::Encoding as _;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The JSON part of a record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    pub time_ms: u64,
+    /// SHA-256 (hex) of the previous line.
+    pub prev: String,
+    /// `vm_notice`, `policy`, `tenant_registered`, `vm_created`, `vm_deleted`, `manager_started`.
+    pub kind: String,
+    pub vm: Option<String>,
+    pub tenant: Option<String>,
+    /// What happened (for `vm_notice`: the monitor's notice).
+    pub event: serde_json::Value,
+    /// The VM monitor's state after the event (`vm_notice` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<serde_json::Value>,
+}
+
+/// SHA-256 of a line (LF included), hex: the next record's `prev`.
+pub fn line_hash(line_with_lf: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(line_with_lf))
+}
+
+/// Splits a line (without LF) into the JSON and the decoded signature blob.
+pub fn split_line(line: &str) -> Result<(&str, Vec<u8>), String> {
+    let (json, sig) = line
+        .rsplit_once('\t')
+        .ok_or("no TAB between the record and its signature")?;
+    let blob = base64ct::Base64::decode_vec(sig).map_err(|_| "the signature is not base64")?;
+    Ok((json, blob))
+}
+
+/// Where a log stops checking out.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {why}")]
+pub struct Broken {
+    pub line: u64,
+    pub why: String,
+}
+
+/// A log that checked out.
+#[derive(Debug, Serialize)]
+pub struct Verified {
+    pub records: u64,
+    pub first_time_ms: Option<u64>,
+    pub last_time_ms: Option<u64>,
+    /// SHA-256 of the last line: compare with a head saved earlier to detect truncation.
+    pub head: String,
+    /// How many bytes of the input the good records span (a torn last line is after them).
+    pub good_len: u64,
+}
+
+/// Reads a log, checking each record's signature (with `verify(json, sig_blob)`), sequence and
+/// chain; calls `each` for every good record. With `allow_torn_tail`, an incomplete last line
+/// (a crash in the middle of a write) ends the log instead of breaking it.
+pub fn check_log(
+    r: &mut impl BufRead,
+    allow_torn_tail: bool,
+    verify: impl Fn(&str, &[u8]) -> Result<(), String>,
+    mut each: impl FnMut(Record),
+) -> Result<Verified, Broken> {
+    let (mut seq, mut hash) = (0u64, GENESIS.to_owned());
+    let (mut first, mut last, mut good_len) = (None, None, 0u64);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let broken = |why: String| Broken { line: seq + 1, why };
+        let n = r
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| broken(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        if buf.last() != Some(&b'\n') {
+            if allow_torn_tail {
+                break;
+            }
+            return Err(broken("the last line is incomplete".into()));
+        }
+        let text = std::str::from_utf8(&buf[..n - 1]).map_err(|_| broken("not UTF-8".into()))?;
+        let (json, sig) = split_line(text).map_err(|e| broken(e.to_owned()))?;
+        verify(json, &sig).map_err(broken)?;
+        let rec: Record = serde_json::from_str(json).map_err(|e| broken(format!("record: {e}")))?;
+        if rec.seq != seq + 1 {
+            return Err(broken(format!(
+                "sequence {} follows {seq}: records are missing or reordered",
+                rec.seq
+            )));
+        }
+        if rec.prev != hash {
+            return Err(broken(
+                "it does not chain to the line before: a record was changed or removed".into(),
+            ));
+        }
+        first.get_or_insert(rec.time_ms);
+        last = Some(rec.time_ms);
+        seq = rec.seq;
+        hash = line_hash(&buf);
+        good_len += n as u64;
+        each(rec);
+    }
+    Ok(Verified {
+        records: seq,
+        first_time_ms: first,
+        last_time_ms: last,
+        head: hash,
+        good_len,
+    })
+}
