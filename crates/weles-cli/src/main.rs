@@ -43,6 +43,9 @@ enum Command {
     Vm(tenant_cmd::VmCommand),
     /// Operate a host's welesd: tenants, VMs, health (local socket, root).
     Operator(operator_cmd::OperatorArgs),
+    /// Your webhook at the trusted manager: set, show, delete.
+    #[command(subcommand)]
+    Webhook(tenant_cmd::WebhookCommand),
     /// Verify a manager's audit log offline.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Manager(c) => tenant_cmd::manager(c),
         Command::Vm(c) => tenant_cmd::vm(c),
         Command::Audit(c) => audit_cmd::run(c),
+        Command::Webhook(c) => tenant_cmd::webhook(c),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -374,3 +374,62 @@ pub fn push(a: PushArgs) -> anyhow::Result<Outcome> {
     }
     Ok(Outcome::Success)
 }
+
+#[derive(Subcommand)]
+pub enum WebhookCommand {
+    /// Have the manager POST your VMs' events to URL (http://HOST:PORT/PATH), signed with
+    /// HMAC-SHA256 under a secret you choose: header `X-Weles-Signature: sha256=<hex>`, event
+    /// number in `X-Weles-Event`. Events from now on; each until your receiver answers 2xx.
+    Set {
+        url: String,
+        /// A file holding the secret, hex, at least 16 bytes (`openssl rand -hex 32 > F`).
+        #[arg(long)]
+        secret_file: PathBuf,
+    },
+    /// The webhook and how deliveries are going.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    Delete,
+}
+
+pub fn webhook(cmd: WebhookCommand) -> anyhow::Result<Outcome> {
+    let (_t, mut conn, signer) = connect()?;
+    match cmd {
+        WebhookCommand::Set { url, secret_file } => {
+            let secret = String::from_utf8_lossy(&read_file(&secret_file)?)
+                .trim()
+                .to_owned();
+            let body = serde_json::to_vec(&api::WebhookSet { url, secret })?;
+            let r = conn.request("PUT", "/v1/webhook", &body, Some(&signer))?;
+            let s: api::DeliveryState = manager_client::json(&r)?;
+            println!(
+                "webhook {} set; events after #{} will be delivered",
+                s.url, s.delivered
+            );
+        }
+        WebhookCommand::Show { json } => {
+            let r = conn.request("GET", "/v1/webhook", b"", Some(&signer))?;
+            let s: api::DeliveryState = manager_client::json(&r)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("webhook {}: delivered up to #{}", s.url, s.delivered);
+                if let Some(p) = s.pending {
+                    println!(
+                        "  #{p} pending after {} failed attempts: {}",
+                        s.attempts,
+                        s.last_error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        WebhookCommand::Delete => {
+            let r = conn.request("DELETE", "/v1/webhook", b"", Some(&signer))?;
+            let _: serde_json::Value = manager_client::json(&r)?;
+            println!("webhook deleted");
+        }
+    }
+    Ok(Outcome::Success)
+}

@@ -25,6 +25,7 @@ pub mod tee;
 pub mod tenant_api;
 pub mod vm;
 pub mod vtpm_link;
+pub mod webhook;
 
 #[doc(hidden)]
 pub mod testing;

@@ -20,6 +20,7 @@ use crate::supervisor::{self, VmPaths, VtpmProcess};
 use crate::tee::TeeBackend;
 use crate::vm::Vm;
 use crate::vtpm_link::VtpmLink;
+use crate::webhook::{Deliverer, DeliveryState, Webhook};
 
 /// Why a request was refused; `code` is the operator API's error code.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,7 @@ impl Running {
 
 pub struct Manager {
     cfg: Config,
+    webhooks: Mutex<BTreeMap<String, Deliverer>>,
     audit: Arc<AuditLog>,
     tee: Box<dyn TeeBackend>,
     /// The tenant API's bound address, once listening.
@@ -106,6 +108,7 @@ impl Manager {
             None,
         )?;
         let mgr = Arc::new(Manager {
+            webhooks: Mutex::new(BTreeMap::new()),
             audit,
             tee,
             api_addr: Mutex::new(None),
@@ -120,6 +123,16 @@ impl Manager {
             mgr.with_store(|s| s.registry().vms.values().cloned().collect());
         for rec in records {
             mgr.start_vm(&rec, checkpoints.get(&rec.name))?;
+        }
+        let hooks: Vec<(String, Webhook)> = mgr.with_store(|s| {
+            s.registry()
+                .tenants
+                .values()
+                .filter_map(|t| t.webhook.clone().map(|w| (t.name.clone(), w)))
+                .collect()
+        });
+        for (tenant, hook) in hooks {
+            mgr.start_webhook(&tenant, hook);
         }
         let m = Arc::downgrade(&mgr);
         let stop = mgr.stop.clone();
@@ -166,6 +179,14 @@ impl Manager {
             .unwrap_or_default();
         for (_, r) in all {
             r.stop(false);
+        }
+        let hooks = self
+            .webhooks
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        for (_, d) in hooks {
+            d.stop();
         }
     }
 
@@ -398,16 +419,110 @@ impl Manager {
             .into_iter()
             .filter(|r| r.kind == "vm_notice")
             .take(limit)
-            .map(|r| {
-                let mut e = r.event;
-                if let Some(o) = e.as_object_mut() {
-                    o.insert("seq".into(), r.seq.into());
-                    o.insert("time_ms".into(), r.time_ms.into());
-                    o.insert("vm".into(), vm.into());
-                }
-                e
-            })
+            .map(event_json)
             .collect())
+    }
+
+    /// A tenant's VM notices after `after` (all its VMs), from the audit log.
+    pub fn tenant_events_after(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: usize,
+    ) -> Vec<serde_json::Value> {
+        self.audit
+            .read(after, None, usize::MAX)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.kind == "vm_notice" && r.tenant.as_deref() == Some(tenant))
+            .take(limit)
+            .map(event_json)
+            .collect()
+    }
+
+    /// Sets a tenant's webhook; it receives the events from now on.
+    pub fn set_webhook(
+        self: &Arc<Self>,
+        tenant: &str,
+        url: &str,
+        secret: &str,
+    ) -> Result<DeliveryState, ManagerError> {
+        crate::webhook::parse_url(url).map_err(ManagerError::Invalid)?;
+        crate::webhook::check_secret(secret).map_err(ManagerError::Invalid)?;
+        let hook = Webhook {
+            url: url.to_owned(),
+            secret: secret.to_owned(),
+            delivered: self.audit.last_seq(),
+        };
+        self.with_store(|s| {
+            s.update(|r: &mut Registry| {
+                let t = r
+                    .tenants
+                    .get_mut(tenant)
+                    .ok_or_else(|| ManagerError::UnknownTenant(tenant.to_owned()))?;
+                t.webhook = Some(hook.clone());
+                Ok::<(), ManagerError>(())
+            })
+        })?;
+        self.log(
+            "webhook_set",
+            None,
+            Some(tenant),
+            serde_json::json!({ "url": url }),
+        );
+        Ok(self.start_webhook(tenant, hook))
+    }
+
+    pub fn delete_webhook(&self, tenant: &str) -> Result<(), ManagerError> {
+        self.with_store(|s| {
+            s.update(|r: &mut Registry| {
+                if let Some(t) = r.tenants.get_mut(tenant) {
+                    t.webhook = None;
+                }
+                Ok::<(), ManagerError>(())
+            })
+        })?;
+        if let Some(d) = self.webhooks.lock().ok().and_then(|mut w| w.remove(tenant)) {
+            d.stop();
+        }
+        self.log("webhook_deleted", None, Some(tenant), serde_json::json!({}));
+        Ok(())
+    }
+
+    pub fn webhook_state(&self, tenant: &str) -> Option<DeliveryState> {
+        self.webhooks.lock().ok().and_then(|w| {
+            w.get(tenant)
+                .and_then(|d| d.state.lock().ok().map(|s| s.clone()))
+        })
+    }
+
+    /// Seals a delivery cursor (called by the deliverer after each accepted event).
+    pub fn webhook_delivered(&self, tenant: &str, seq: u64) {
+        let r = self.with_store(|s| {
+            s.update(|r: &mut Registry| {
+                if let Some(w) = r.tenants.get_mut(tenant).and_then(|t| t.webhook.as_mut()) {
+                    w.delivered = w.delivered.max(seq);
+                }
+                Ok::<(), ManagerError>(())
+            })
+        });
+        if let Err(e) = r {
+            eprintln!("welesd: tenant {tenant}: cannot record a webhook delivery: {e}");
+        }
+    }
+
+    fn start_webhook(self: &Arc<Self>, tenant: &str, hook: Webhook) -> DeliveryState {
+        let d = Deliverer::start(Arc::downgrade(self), tenant.to_owned(), hook);
+        let state = d.state.lock().map(|s| s.clone()).unwrap_or_default();
+        let old = self
+            .webhooks
+            .lock()
+            .ok()
+            .and_then(|mut w| w.insert(tenant.to_owned(), d));
+        if let Some(old) = old {
+            old.stop();
+        }
+        state
     }
 
     fn running_vm(&self, name: &str) -> Option<Arc<Vm>> {
@@ -478,6 +593,7 @@ impl Manager {
                 .to_openssh()
                 .map_err(|e| ManagerError::Invalid(e.to_string()))?,
             created_ms: now_ms(),
+            webhook: None,
         };
         let ca = crate::identity::new_ssh_key(&format!("weles SSH CA of tenant {name}"))
             .map_err(ManagerError::Internal)?;
@@ -666,6 +782,17 @@ impl Manager {
         }
         Ok(())
     }
+}
+
+/// An audit record of a VM notice as tenants see it: the notice with `seq`, `time_ms`, `vm`.
+fn event_json(r: crate::audit::Record) -> serde_json::Value {
+    let mut e = r.event;
+    if let Some(o) = e.as_object_mut() {
+        o.insert("seq".into(), r.seq.into());
+        o.insert("time_ms".into(), r.time_ms.into());
+        o.insert("vm".into(), r.vm.unwrap_or_default().into());
+    }
+    e
 }
 
 fn tenant_info(t: &Tenant) -> TenantInfo {

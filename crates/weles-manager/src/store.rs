@@ -32,6 +32,8 @@ pub struct Tenant {
     /// OpenSSH public key (`ssh-ed25519 AAAA… comment`).
     pub ssh_key: String,
     pub created_ms: u64,
+    #[serde(default)]
+    pub webhook: Option<crate::webhook::Webhook>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -169,6 +169,24 @@ impl TenantApi {
                     ("GET", ["vms", vm, "events", "stream"]) => {
                         return self.event_stream(&tenant, vm, req, out);
                     }
+                    ("PUT", ["webhook"]) => serde_json::from_slice::<api::WebhookSet>(&req.body)
+                        .map_err(|e| refuse(400, "bad_request", format!("body: {e}")))
+                        .and_then(|w| {
+                            self.mgr
+                                .set_webhook(&tenant, &w.url, &w.secret)
+                                .map_err(Refusal::from)
+                        })
+                        .and_then(|s| json(&s)),
+                    ("GET", ["webhook"]) => self
+                        .mgr
+                        .webhook_state(&tenant)
+                        .ok_or_else(|| refuse(404, "not_found", "no webhook is set"))
+                        .and_then(|s| json(&s)),
+                    ("DELETE", ["webhook"]) => self
+                        .mgr
+                        .delete_webhook(&tenant)
+                        .map_err(Refusal::from)
+                        .and_then(|()| json(&serde_json::json!({ "deleted": true }))),
                     ("GET", ["ssh-ca"]) => self
                         .mgr
                         .tenant_ca(&tenant)

@@ -272,6 +272,30 @@ fn a_tenant_trusts_pushes_watches_and_is_refused_where_it_must_be() {
     // A client pinned to another key does not talk to this manager.
     assert!(weles_client::Connection::open(&trust.url, Some([7; 32])).is_err());
 
+    // A webhook receiver that fails its first delivery (the manager must retry).
+    let received = start_receiver();
+    let secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    std::fs::write(dir.join("hook.secret"), secret).unwrap();
+    let hook_url = format!("http://{}/hooks/weles", received.addr);
+    env.ok(
+        "acme",
+        &["webhook", "set", &hook_url, "--secret-file", "hook.secret"],
+    );
+    assert!(
+        env.refused(
+            "acme",
+            &[
+                "webhook",
+                "set",
+                "https://x:1/",
+                "--secret-file",
+                "hook.secret"
+            ],
+            2
+        )
+        .contains("relay")
+    );
+
     // The VM runs: power on, its agent streams the log, this test plays the kernel.
     let mut data = support::power_on(&env.vm_run("vtpm.sock"), &env.vm_run("data.sock"));
     let log = dir.join("guest-log");
@@ -350,6 +374,48 @@ fn a_tenant_trusts_pushes_watches_and_is_refused_where_it_must_be() {
     let page = env.ok("acme", &["vm", "events", "web-1", "--json"]);
     assert!(page.contains("/usr/local/bin/miner"));
 
+    // The webhook got every event once, in order, signed (checked here with openssl), the
+    // first after a refused attempt.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !received
+        .accepted()
+        .iter()
+        .any(|(_, b, _)| b.contains("\"to\":\"violated\""))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the webhook never got the violation"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let accepted = received.accepted();
+    assert!(*received.refused.lock().unwrap() >= 1);
+    let seqs: Vec<u64> = accepted.iter().map(|(n, _, _)| *n).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "in order, no repeats: {seqs:?}"
+    );
+    let (_, body, sig) = accepted
+        .iter()
+        .find(|(_, b, _)| b.contains("miner"))
+        .unwrap();
+    std::fs::write(dir.join("body.json"), body).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl dgst -sha256 -mac HMAC -macopt hexkey:{secret} -r body.json"
+        ))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let expected = String::from_utf8_lossy(&out.stdout)
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(sig, &format!("sha256={expected}"));
+    let delivered_before = accepted.len();
+
     // welesd dies without warning; the vTPM and the agent carry on; the new welesd rebuilds the
     // VM's state from the vTPM's event backlog and the agent's log.
     welesd.take();
@@ -362,6 +428,14 @@ fn a_tenant_trusts_pushes_watches_and_is_refused_where_it_must_be() {
     let page = env.ok("acme", &["vm", "events", "web-1", "--json"]);
     assert_eq!(page.matches("\"kind\":\"violation\"").count(), 1, "{page}");
     assert_eq!(page.matches("\"to\":\"violated\"").count(), 1, "{page}");
+
+    // The webhook got nothing twice across the restart.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(received.accepted().len(), delivered_before);
+    let show = env.ok("acme", &["webhook", "show", "--json"]);
+    let show: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(show["delivered"], *seqs.last().unwrap());
+    assert!(show["pending"].is_null());
 
     // The audit log checks out offline against the pinned manager key; an edit does not.
     let audit = dir.join("state/audit.log");
@@ -383,4 +457,51 @@ fn a_tenant_trusts_pushes_watches_and_is_refused_where_it_must_be() {
     drop(data);
     let _ = UnixStream::connect(env.vm_run("vtpm.sock"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A webhook receiver on loopback: answers 500 to the first request, 200 after.
+struct Receiver {
+    addr: std::net::SocketAddr,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(u64, String, String)>>>,
+    refused: std::sync::Arc<std::sync::Mutex<u32>>,
+}
+
+impl Receiver {
+    fn accepted(&self) -> Vec<(u64, String, String)> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+fn start_receiver() -> Receiver {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(0u32));
+    let (g, r) = (got.clone(), refused.clone());
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let Ok(Some(req)) = weles_proto::http::read_request(&mut reader) else {
+                continue;
+            };
+            assert_eq!(
+                (req.method.as_str(), req.path.as_str()),
+                ("POST", "/hooks/weles")
+            );
+            let first = { *r.lock().unwrap() == 0 };
+            if first {
+                *r.lock().unwrap() += 1;
+                let _ = weles_proto::http::write_response(&mut conn, 500, "text/plain", b"not yet");
+                continue;
+            }
+            let seq: u64 = req.header("x-weles-event").unwrap().parse().unwrap();
+            let sig = req.header("x-weles-signature").unwrap().to_owned();
+            g.lock()
+                .unwrap()
+                .push((seq, String::from_utf8(req.body.clone()).unwrap(), sig));
+            let _ = weles_proto::http::write_response(&mut conn, 200, "text/plain", b"ok");
+        }
+    });
+    Receiver { addr, got, refused }
 }

@@ -127,3 +127,27 @@ pub struct ApiError {
     pub error: String,
     pub message: String,
 }
+
+/// `PUT /v1/webhook` body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSet {
+    /// `http://HOST:PORT/PATH`.
+    pub url: String,
+    /// The HMAC-SHA256 key, hex, at least 16 bytes.
+    pub secret: String,
+}
+
+/// How a tenant's webhook deliveries are going (`GET /v1/webhook`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeliveryState {
+    pub url: String,
+    /// The last event number the receiver accepted.
+    pub delivered: u64,
+    /// The event being delivered, if one is waiting.
+    pub pending: Option<u64>,
+    /// Failed attempts at the pending event.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub next_attempt_ms: Option<u64>,
+}
