@@ -99,6 +99,15 @@ impl Manager {
         let key = crate::identity::load_ssh_key(&store.secrets().manager_key)
             .map_err(|e| anyhow::anyhow!(e))?;
         let (audit, checkpoints) = AuditLog::open(&cfg.state_dir.join("audit.log"), key)?;
+        let recorded = store.registry().audit_seq;
+        if audit.last_seq() < recorded {
+            anyhow::bail!(
+                "{}: the audit log ends at record {} but the sealed store saw record {recorded}: \
+                 it was truncated or replaced (restore the newer log; a manager never drops records)",
+                audit.path().display(),
+                audit.last_seq()
+            );
+        }
         let audit = Arc::new(audit);
         audit.append(
             "manager_started",
@@ -166,6 +175,7 @@ impl Manager {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
+        g.note_audit_seq(self.audit.last_seq());
         f(&mut g)
     }
 

@@ -24,6 +24,10 @@ const IDENTITY: &str = "welesd-store";
 pub struct Registry {
     pub tenants: BTreeMap<String, Tenant>,
     pub vms: BTreeMap<String, VmRecord>,
+    /// How many records the audit log had when the store was last written: a shorter audit log
+    /// at start has been truncated or replaced.
+    #[serde(default)]
+    pub audit_seq: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -85,6 +89,8 @@ pub struct Store {
     sealed: SealedState,
     registry: Registry,
     secrets: Secrets,
+    /// The audit log's length, recorded with the next write.
+    audit_seq: u64,
 }
 
 impl Store {
@@ -179,6 +185,7 @@ impl Store {
         };
         let fresh = !blobs.contains_key("registry") || !blobs.contains_key("tls.crt");
         let mut store = Store {
+            audit_seq: registry.audit_seq,
             sealed,
             registry,
             secrets: Secrets {
@@ -235,6 +242,11 @@ impl Store {
         result
     }
 
+    /// Notes the audit log's current length; the next write records it.
+    pub fn note_audit_seq(&mut self, seq: u64) {
+        self.audit_seq = self.audit_seq.max(seq);
+    }
+
     pub fn version(&self) -> u64 {
         self.sealed.version()
     }
@@ -247,6 +259,7 @@ impl Store {
     ) -> Result<T, E> {
         let mut next = self.registry.clone();
         let out = change(&mut next)?;
+        next.audit_seq = next.audit_seq.max(self.audit_seq);
         self.write(&next)?;
         self.registry = next;
         Ok(out)

@@ -247,6 +247,27 @@ fn a_restarted_manager_adopts_the_running_vtpm_and_refuses_a_rolled_back_store()
     assert!(err.contains("rolled") || err.contains("older"), "{err}");
     // Nothing was lost: the real store still opens.
     std::fs::write(&store, &newer).unwrap();
+
+    // The audit log cut back to its first record is refused too.
+    let audit = dir.join("state/audit.log");
+    let full = std::fs::read_to_string(&audit).unwrap();
+    let first = full.lines().next().unwrap();
+    std::fs::write(&audit, format!("{first}\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_welesd"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .args(["--tenant-api", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("audit.log") && err.contains("truncated"),
+        "{err}"
+    );
+    std::fs::write(&audit, &full).unwrap();
     let d = start(&dir);
     assert_eq!(d.vm("db").tenant, "acme");
     d.ask(OperatorRequest::DeleteVm { name: "db".into() });

@@ -21,3 +21,8 @@ fn guest_channel_corpus() {
 fn http_request_corpus() {
     replay("http_request", weles_proto::http::fuzz_request);
 }
+
+#[test]
+fn audit_log_corpus() {
+    replay("audit_log", weles_proto::audit::fuzz_check_log);
+}
