@@ -97,29 +97,92 @@ impl Env {
     }
 
     fn vm_run(&self, f: &str) -> PathBuf {
-        self.dir.join("run/vms/web-1").join(f)
+        self.vm_path("web-1", f)
+    }
+
+    fn vm_path(&self, vm: &str, f: &str) -> PathBuf {
+        self.dir.join("run/vms").join(vm).join(f)
     }
 
     /// `weles vm status web-1 --json` as acme.
     fn status(&self) -> serde_json::Value {
-        let o = self.weles("acme", &["vm", "status", "web-1", "--json"]);
+        self.status_of("web-1")
+    }
+
+    fn status_of(&self, vm: &str) -> serde_json::Value {
+        let o = self.weles("acme", &["vm", "status", vm, "--json"]);
         serde_json::from_slice(&o.stdout)
             .unwrap_or_else(|_| panic!("status: {}", String::from_utf8_lossy(&o.stderr)))
     }
 
     fn wait_state(&self, state: &str, entries: u64) -> serde_json::Value {
+        self.wait_vm("web-1", |s| s["state"] == state && s["entries"] == entries)
+    }
+
+    fn wait_vm(&self, vm: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let s = self.status();
-            if s["state"] == state && s["entries"] == entries {
+            let s = self.status_of(vm);
+            if done(&s) {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "never {state} with {entries} entries: {s}"
-            );
+            assert!(Instant::now() < deadline, "VM {vm} never got there: {s}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Creates a VM for acme and pushes the signed policy v4.toml to it.
+    fn vm_with_policy(&self, vm: &str) {
+        assert!(matches!(
+            self.operator(OperatorRequest::CreateVm {
+                tenant: "acme".into(),
+                name: vm.into()
+            }),
+            OperatorReply::Vm(_)
+        ));
+        self.ok("acme", &["policy", "push", "v4.toml", "--vm", vm]);
+    }
+
+    /// Powers the VM on (its vTPM) and starts its agent on an empty log.
+    fn boot(&self, vm: &str, boot_id: &str) -> Running {
+        let data = support::power_on(
+            &self.vm_path(vm, "vtpm.sock"),
+            &self.vm_path(vm, "data.sock"),
+        );
+        let log = self.dir.join(format!("{vm}.log"));
+        std::fs::write(&log, b"").unwrap();
+        let id = self.dir.join(format!("{vm}.boot_id"));
+        std::fs::write(&id, boot_id).unwrap();
+        let guest = Kill(
+            Command::new(bin("weles-guest"))
+                .arg("--channel")
+                .arg(self.vm_path(vm, "guest.sock"))
+                .arg("--ima-log")
+                .arg(&log)
+                .arg("--boot-id-file")
+                .arg(&id)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        Running {
+            data,
+            log,
+            _guest: guest,
+        }
+    }
+}
+
+/// A booted VM as this test plays it: its vTPM data channel, its log, its agent.
+struct Running {
+    data: UnixStream,
+    log: PathBuf,
+    _guest: Kill,
+}
+
+impl Running {
+    fn measure(&mut self, e: &weles_ima::Entry<'_>, raw: &[u8], log_it: bool, extend_it: bool) {
+        support::measure(&self.log, &mut self.data, e, raw, log_it, extend_it);
     }
 }
 
@@ -504,4 +567,102 @@ fn start_receiver() -> Receiver {
         }
     });
     Receiver { addr, got, refused }
+}
+
+/// welesd with tenant acme registered and trusted, and acme's signed policy v4.toml.
+fn setup(name: &str) -> (Env, Kill) {
+    let dir = std::env::temp_dir().join(format!("weles-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = Env { dir: dir.clone() };
+    std::fs::write(
+        dir.join("welesd.toml"),
+        format!(
+            "state_dir = \"{0}/state\"\nrun_dir = \"{0}/run\"\ntenant_api = \"127.0.0.1:0\"\n[vtpm]\ndata_socket = true\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    env.sh("ssh-keygen -q -t ed25519 -N '' -C acme -f acme");
+    let welesd = env.start_welesd();
+    let key = std::fs::read_to_string(dir.join("acme.pub")).unwrap();
+    env.operator(OperatorRequest::RegisterTenant {
+        name: "acme".into(),
+        ssh_key: key,
+    });
+    let url = env.api_url();
+    env.ok(
+        "acme",
+        &[
+            "manager",
+            "trust",
+            &url,
+            "--tenant",
+            "acme",
+            "--key",
+            "acme",
+            "--allow-simulated",
+        ],
+    );
+    write_policy(&dir, "v4.toml", 4);
+    env.ok("acme", &["policy", "sign", "v4.toml", "--key", "acme"]);
+    (env, welesd)
+}
+
+#[test]
+fn through_welesd_a_withheld_log_is_unverifiable_a_forged_one_violated_and_a_reboot_starts_over() {
+    let (env, _welesd) = setup("lifecycle");
+    let real = split(&real_log());
+    let (miner, miner_raw) = split(&unlisted_entry()).remove(0);
+
+    // Withheld: the last three entries are measured but never logged.
+    env.vm_with_policy("withheld");
+    let mut vm = env.boot("withheld", "boot-1");
+    for (i, (e, raw)) in real.iter().enumerate() {
+        vm.measure(e, raw, i < real.len() - 3, true);
+    }
+    let s = env.wait_vm("withheld", |s| s["state"] == "unverifiable");
+    assert!(s["reason"].as_str().unwrap().contains("grace"), "{s}");
+    assert_eq!(
+        (s["entries"].as_u64(), s["extends"].as_u64()),
+        (Some(6), Some(9))
+    );
+    assert_eq!(
+        env.weles("acme", &["vm", "status", "withheld"])
+            .status
+            .code(),
+        Some(1)
+    );
+
+    // Forged: the vTPM measures the miner, the guest logs a listed file in its place.
+    env.vm_with_policy("forged");
+    let mut vm = env.boot("forged", "boot-1");
+    for (e, raw) in &real {
+        vm.measure(e, raw, true, true);
+    }
+    env.wait_vm("forged", |s| s["state"] == "compliant" && s["entries"] == 9);
+    vm.measure(&miner, &[], false, true);
+    vm.measure(&real[1].0, &real[1].1, true, false);
+    let s = env.wait_vm("forged", |s| s["state"] == "violated");
+    assert_eq!(s["violation"]["reason"], "pcr_mismatch", "{s}");
+
+    // Reboot: violated, power cycle, rebooted, the new boot complies again.
+    env.vm_with_policy("reboot");
+    let mut vm = env.boot("reboot", "boot-1");
+    for (e, raw) in &real {
+        vm.measure(e, raw, true, true);
+    }
+    vm.measure(&miner, &miner_raw, true, true);
+    env.wait_vm("reboot", |s| s["state"] == "violated");
+    drop(vm); // the old kernel and its agent are gone
+    let mut vm = env.boot("reboot", "boot-2");
+    env.wait_vm("reboot", |s| s["state"] != "violated" && s["boots"] == 2);
+    for (e, raw) in &real {
+        vm.measure(e, raw, true, true);
+    }
+    let s = env.wait_vm("reboot", |s| s["state"] == "compliant" && s["entries"] == 9);
+    assert!(s["violation"].is_null());
+    let events = env.ok("acme", &["vm", "events", "reboot", "--json"]);
+    assert!(events.contains("\"to\":\"rebooted\""), "{events}");
+    let _ = std::fs::remove_dir_all(&env.dir);
 }
