@@ -20,7 +20,7 @@ use base64ct::Encoding as _;
 use ssh_key::PrivateKey;
 use ssh_key::encoding::Encode as _;
 
-pub use weles_proto::audit::{Record, line_hash};
+pub use weles_proto::audit::{Body, Record, line_hash};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -50,10 +50,24 @@ struct Tail {
     hash: String,
 }
 
+/// Each tenant's audit key.
+pub type TenantKeys = std::collections::BTreeMap<String, zeroize::Zeroizing<[u8; 32]>>;
+
 pub struct AuditLog {
     path: PathBuf,
     key: PrivateKey,
     tail: Mutex<Tail>,
+    tenant_keys: std::sync::RwLock<TenantKeys>,
+}
+
+/// A record read back and opened.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub kind: String,
+    pub tenant: Option<String>,
+    pub body: Body,
 }
 
 /// The signature check `weles_proto::audit::check_log` needs, with `key`.
@@ -74,8 +88,12 @@ pub fn signature_check(
 impl AuditLog {
     /// Opens (or starts) the log, checking every record's chain and signature. A torn last
     /// line (a crash in the middle of a write) is cut off; any other damage is refused.
-    /// Returns the log and each VM's newest checkpoint.
-    pub fn open(path: &Path, key: PrivateKey) -> Result<(AuditLog, Checkpoints), AuditError> {
+    /// Returns the log and each VM's newest checkpoint (opened with the tenants' keys).
+    pub fn open(
+        path: &Path,
+        key: PrivateKey,
+        tenant_keys: TenantKeys,
+    ) -> Result<(AuditLog, Checkpoints), AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_owned(),
             source,
@@ -89,7 +107,10 @@ impl AuditLog {
                 true,
                 signature_check(&public),
                 |rec| {
-                    if let (Some(vm), Some(cp)) = (rec.vm, rec.checkpoint) {
+                    let key = rec.tenant.as_ref().and_then(|t| tenant_keys.get(t));
+                    if let Ok(Some(body)) = rec.open(key.map(|k| &**k))
+                        && let (Some(vm), Some(cp)) = (body.vm, body.checkpoint)
+                    {
                         checkpoints.insert(vm, cp);
                     }
                 },
@@ -114,6 +135,7 @@ impl AuditLog {
                 path: path.to_owned(),
                 key,
                 tail: Mutex::new(Tail { file, seq, hash }),
+                tenant_keys: std::sync::RwLock::new(tenant_keys),
             },
             checkpoints,
         ))
@@ -154,18 +176,34 @@ impl AuditLog {
             Ok(t) => t,
             Err(p) => p.into_inner(),
         };
-        let rec = Record {
+        let body = Body {
+            vm: vm.map(str::to_owned),
+            event,
+            checkpoint,
+        };
+        let mut rec = Record {
             seq: t.seq + 1,
             time_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             prev: t.hash.clone(),
             kind: kind.to_owned(),
-            vm: vm.map(str::to_owned),
             tenant: tenant.map(str::to_owned),
-            event,
-            checkpoint,
+            body: Some(body.clone()),
+            sealed: None,
         };
+        // A tenant's record is sealed for that tenant; the host reads only its outline.
+        if let Some(t) = tenant {
+            let keys = self
+                .tenant_keys
+                .read()
+                .map_err(|_| AuditError::Sign("tenant keys".into()))?;
+            if let Some(k) = keys.get(t) {
+                let mut nonce = [0u8; 24];
+                getrandom::fill(&mut nonce).map_err(|e| AuditError::Sign(e.to_string()))?;
+                rec.seal(&body, k, nonce).map_err(AuditError::Sign)?;
+            }
+        }
         let json = serde_json::to_string(&rec).map_err(|e| AuditError::Sign(e.to_string()))?;
         let sig = self
             .key
@@ -189,18 +227,31 @@ impl AuditLog {
         Ok(rec.seq)
     }
 
-    /// Records after `after` about `vm` (all VMs with `None`), at most `limit`, read from disk.
+    /// Gives a new tenant's audit key (its records from now on are sealed with it).
+    pub fn set_tenant_key(&self, tenant: &str, key: zeroize::Zeroizing<[u8; 32]>) {
+        if let Ok(mut k) = self.tenant_keys.write() {
+            k.insert(tenant.to_owned(), key);
+        }
+    }
+
+    /// Records after `after` of `tenant` (and about `vm`), opened, at most `limit`, from disk.
     pub fn read(
         &self,
         after: u64,
+        tenant: &str,
         vm: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Record>, AuditError> {
+    ) -> Result<Vec<Opened>, AuditError> {
         let io = |source| AuditError::Io {
             path: self.path.clone(),
             source,
         };
         let f = File::open(&self.path).map_err(io)?;
+        let keys = self
+            .tenant_keys
+            .read()
+            .map_err(|_| AuditError::Sign("tenant keys".into()))?;
+        let key = keys.get(tenant);
         let mut out = Vec::new();
         for line in BufReader::new(f).lines() {
             let line = line.map_err(io)?;
@@ -210,11 +261,24 @@ impl AuditLog {
             let Ok(rec) = serde_json::from_str::<Record>(json) else {
                 continue;
             };
-            if rec.seq > after && (vm.is_none() || rec.vm.as_deref() == vm) {
-                out.push(rec);
-                if out.len() >= limit {
-                    break;
-                }
+            if rec.seq <= after || rec.tenant.as_deref() != Some(tenant) {
+                continue;
+            }
+            let Ok(Some(body)) = rec.open(key.map(|k| &**k)) else {
+                continue;
+            };
+            if vm.is_some() && body.vm.as_deref() != vm {
+                continue;
+            }
+            out.push(Opened {
+                seq: rec.seq,
+                time_ms: rec.time_ms,
+                kind: rec.kind,
+                tenant: rec.tenant,
+                body,
+            });
+            if out.len() >= limit {
+                break;
             }
         }
         Ok(out)
@@ -254,7 +318,9 @@ mod tests {
         let path = dir.join("audit.log");
         let k = key();
         let public = k.public_key().clone();
-        let (log, old) = AuditLog::open(&path, k.clone()).unwrap();
+        let mut keys = TenantKeys::new();
+        keys.insert("t".into(), zeroize::Zeroizing::new([7u8; 32]));
+        let (log, old) = AuditLog::open(&path, k.clone(), keys.clone()).unwrap();
         assert!(old.is_empty());
         for i in 0..3 {
             let cp = serde_json::json!({ "cp": i });
@@ -272,7 +338,7 @@ mod tests {
         // A torn write is cut at reopen; the chain goes on.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"seq\":4,").unwrap();
-        let (log, old) = AuditLog::open(&path, k.clone()).unwrap();
+        let (log, old) = AuditLog::open(&path, k.clone(), keys.clone()).unwrap();
         assert_eq!(
             old.get("vm"),
             Some(&serde_json::json!({ "cp": 2 })),
@@ -283,15 +349,24 @@ mod tests {
                 .unwrap(),
             4
         );
-        assert_eq!(log.read(2, Some("vm"), 10).unwrap().len(), 1);
+        let opened = log.read(2, "t", Some("vm"), 10).unwrap();
+        assert_eq!(opened.len(), 1);
+        assert_eq!(opened[0].body.event, serde_json::json!({ "i": 2 }));
+        assert!(log.read(0, "other", None, 10).unwrap().is_empty());
         drop(log);
+        // Without the tenant's key the checkpoints stay closed (and nothing is made up).
+        let (_, old) = AuditLog::open(&path, k.clone(), TenantKeys::new()).unwrap();
+        assert!(old.is_empty());
         let good = std::fs::read_to_string(&path).unwrap();
+        // The host sees no tenant content: the notices are sealed.
+        assert!(!good.contains("\"i\":"), "{good}");
+        assert!(good.contains("\"sealed\""));
         // Changing a record breaks its signature; dropping one breaks the sequence.
-        std::fs::write(&path, good.replacen("\"i\":1", "\"i\":7", 1)).unwrap();
+        std::fs::write(&path, good.replacen("\"seq\":2", "\"seq\":7", 1)).unwrap();
         let e = verify_file(&path, &public).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("signature"), "{e}");
         assert!(
-            AuditLog::open(&path, k.clone()).is_err(),
+            AuditLog::open(&path, k.clone(), keys.clone()).is_err(),
             "a broken log is not continued"
         );
         let lines: Vec<&str> = good.lines().collect();

@@ -98,7 +98,11 @@ impl Manager {
         let tee = crate::tee::backend(&cfg.tee)?;
         let key = crate::identity::load_ssh_key(&store.secrets().manager_key)
             .map_err(|e| anyhow::anyhow!(e))?;
-        let (audit, checkpoints) = AuditLog::open(&cfg.state_dir.join("audit.log"), key)?;
+        let (audit, checkpoints) = AuditLog::open(
+            &cfg.state_dir.join("audit.log"),
+            key,
+            store.secrets().tenant_audit_keys.clone(),
+        )?;
         let recorded = store.registry().audit_seq;
         if audit.last_seq() < recorded {
             anyhow::bail!(
@@ -325,6 +329,20 @@ impl Manager {
         })
     }
 
+    /// The tenant's audit key, hex: it opens the tenant's records in the audit log.
+    pub fn tenant_audit_key(
+        &self,
+        tenant: &str,
+    ) -> Result<zeroize::Zeroizing<String>, ManagerError> {
+        self.with_store(|s| {
+            s.secrets()
+                .tenant_audit_keys
+                .get(tenant)
+                .map(|k| zeroize::Zeroizing::new(hex::encode(k.as_ref())))
+                .ok_or_else(|| ManagerError::UnknownTenant(tenant.to_owned()))
+        })
+    }
+
     /// The tenant's SSH CA public key (OpenSSH).
     pub fn tenant_ca(&self, tenant: &str) -> Result<String, ManagerError> {
         self.with_store(|s| {
@@ -417,13 +435,14 @@ impl Manager {
     /// A VM's notices after `after`, from the audit log, as the event stream shows them.
     pub fn events_history(
         &self,
+        tenant: &str,
         vm: &str,
         after: u64,
         limit: usize,
     ) -> Result<Vec<serde_json::Value>, ManagerError> {
         let records = self
             .audit
-            .read(after, Some(vm), usize::MAX)
+            .read(after, tenant, Some(vm), usize::MAX)
             .map_err(|e| ManagerError::Internal(e.to_string()))?;
         Ok(records
             .into_iter()
@@ -441,10 +460,10 @@ impl Manager {
         limit: usize,
     ) -> Vec<serde_json::Value> {
         self.audit
-            .read(after, None, usize::MAX)
+            .read(after, tenant, None, usize::MAX)
             .unwrap_or_default()
             .into_iter()
-            .filter(|r| r.kind == "vm_notice" && r.tenant.as_deref() == Some(tenant))
+            .filter(|r| r.kind == "vm_notice")
             .take(limit)
             .map(event_json)
             .collect()
@@ -607,11 +626,18 @@ impl Manager {
         };
         let ca = crate::identity::new_ssh_key(&format!("weles SSH CA of tenant {name}"))
             .map_err(ManagerError::Internal)?;
+        let mut audit_key = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::fill(audit_key.as_mut())
+            .map_err(|e| ManagerError::Internal(format!("randomness: {e}")))?;
+        let secrets = crate::store::TenantSecrets {
+            ca,
+            audit_key: audit_key.clone(),
+        };
         self.with_store(|s| {
             if s.registry().tenants.contains_key(name) {
                 return Err(ManagerError::Exists(format!("tenant {name:?}")));
             }
-            s.update_with_tenant_ca(name, Some(ca), |r: &mut Registry| {
+            s.update_with_tenant_secrets(name, Some(secrets), |r: &mut Registry| {
                 if r.tenants.contains_key(name) {
                     return Err(ManagerError::Exists(format!("tenant {name:?}")));
                 }
@@ -619,6 +645,7 @@ impl Manager {
                 Ok(())
             })
         })?;
+        self.audit.set_tenant_key(name, audit_key);
         let info = tenant_info(&tenant);
         self.log(
             "tenant_registered",
@@ -795,12 +822,12 @@ impl Manager {
 }
 
 /// An audit record of a VM notice as tenants see it: the notice with `seq`, `time_ms`, `vm`.
-fn event_json(r: crate::audit::Record) -> serde_json::Value {
-    let mut e = r.event;
+fn event_json(r: crate::audit::Opened) -> serde_json::Value {
+    let mut e = r.body.event;
     if let Some(o) = e.as_object_mut() {
         o.insert("seq".into(), r.seq.into());
         o.insert("time_ms".into(), r.time_ms.into());
-        o.insert("vm".into(), r.vm.unwrap_or_default().into());
+        o.insert("vm".into(), r.body.vm.unwrap_or_default().into());
     }
     e
 }

@@ -83,6 +83,14 @@ pub struct Secrets {
     pub tls_cert: Vec<u8>,
     /// Each tenant's SSH CA key (OpenSSH private key).
     pub tenant_cas: BTreeMap<String, Zeroizing<String>>,
+    /// Each tenant's audit key: its audit records are sealed with it.
+    pub tenant_audit_keys: crate::audit::TenantKeys,
+}
+
+/// A new tenant's secrets.
+pub struct TenantSecrets {
+    pub ca: Zeroizing<String>,
+    pub audit_key: Zeroizing<[u8; 32]>,
 }
 
 pub struct Store {
@@ -169,6 +177,26 @@ impl Store {
             }
             None => BTreeMap::new(),
         };
+        let tenant_audit_keys = match secret(&mut blobs, "tenant-audit-keys") {
+            Some(json) => {
+                let map: BTreeMap<String, String> =
+                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+                        path: path.clone(),
+                        why: format!("tenant audit keys: {e}"),
+                    })?;
+                let mut keys = crate::audit::TenantKeys::new();
+                for (t, hexkey) in map {
+                    let mut k = Zeroizing::new([0u8; 32]);
+                    hex::decode_to_slice(&hexkey, k.as_mut()).map_err(|_| StoreError::Corrupt {
+                        path: path.clone(),
+                        why: format!("tenant audit key of {t}"),
+                    })?;
+                    keys.insert(t, k);
+                }
+                keys
+            }
+            None => crate::audit::TenantKeys::new(),
+        };
         let ek_ca = match (blobs.remove("ek-ca.key"), blobs.get("ek-ca.crt")) {
             (Some(key), Some(cert)) => EkCa {
                 key_pem: Zeroizing::new(
@@ -194,6 +222,7 @@ impl Store {
                 tls_key,
                 tls_cert,
                 tenant_cas,
+                tenant_audit_keys,
             },
         };
         if fresh {
@@ -221,22 +250,34 @@ impl Store {
         &self.secrets
     }
 
-    /// Like [`Store::update`], and also sets (`Some`) or removes (`None`) a tenant's CA key.
-    pub fn update_with_tenant_ca<T, E: From<StoreError>>(
+    /// Like [`Store::update`], and also sets (`Some`) or removes (`None`) a tenant's secrets.
+    pub fn update_with_tenant_secrets<T, E: From<StoreError>>(
         &mut self,
         tenant: &str,
-        ca: Option<Zeroizing<String>>,
+        secrets: Option<TenantSecrets>,
         change: impl FnOnce(&mut Registry) -> Result<T, E>,
     ) -> Result<T, E> {
-        let old = match ca {
-            Some(k) => self.secrets.tenant_cas.insert(tenant.to_owned(), k),
-            None => self.secrets.tenant_cas.remove(tenant),
+        let (old_ca, old_key) = match secrets {
+            Some(n) => (
+                self.secrets.tenant_cas.insert(tenant.to_owned(), n.ca),
+                self.secrets
+                    .tenant_audit_keys
+                    .insert(tenant.to_owned(), n.audit_key),
+            ),
+            None => (
+                self.secrets.tenant_cas.remove(tenant),
+                self.secrets.tenant_audit_keys.remove(tenant),
+            ),
         };
         let result = self.update(change);
         if result.is_err() {
-            match old {
+            match old_ca {
                 Some(k) => self.secrets.tenant_cas.insert(tenant.to_owned(), k),
                 None => self.secrets.tenant_cas.remove(tenant),
+            };
+            match old_key {
+                Some(k) => self.secrets.tenant_audit_keys.insert(tenant.to_owned(), k),
+                None => self.secrets.tenant_audit_keys.remove(tenant),
             };
         }
         result
@@ -289,8 +330,25 @@ impl Store {
             "tenant-cas".to_owned(),
             serde_json::to_vec(&cas).unwrap_or_default(),
         );
+        let audit_keys: BTreeMap<&str, Zeroizing<String>> = s
+            .tenant_audit_keys
+            .iter()
+            .map(|(k, v)| (k.as_str(), Zeroizing::new(hex::encode(v.as_ref()))))
+            .collect();
+        let audit_json: BTreeMap<&str, &str> =
+            audit_keys.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        blobs.insert(
+            "tenant-audit-keys".to_owned(),
+            serde_json::to_vec(&audit_json).unwrap_or_default(),
+        );
         let result = self.sealed.store(&blobs);
-        for name in ["ek-ca.key", "manager.key", "tls.key", "tenant-cas"] {
+        for name in [
+            "ek-ca.key",
+            "manager.key",
+            "tls.key",
+            "tenant-cas",
+            "tenant-audit-keys",
+        ] {
             if let Some(k) = blobs.get_mut(name) {
                 zeroize::Zeroize::zeroize(k);
             }

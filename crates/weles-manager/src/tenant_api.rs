@@ -187,6 +187,11 @@ impl TenantApi {
                         .delete_webhook(&tenant)
                         .map_err(Refusal::from)
                         .and_then(|()| json(&serde_json::json!({ "deleted": true }))),
+                    ("GET", ["audit-key"]) => self
+                        .mgr
+                        .tenant_audit_key(&tenant)
+                        .map_err(Refusal::from)
+                        .and_then(|k| json(&serde_json::json!({ "key": k.as_str() }))),
                     ("GET", ["ssh-ca"]) => self
                         .mgr
                         .tenant_ca(&tenant)
@@ -322,7 +327,7 @@ impl TenantApi {
         self.mgr.check_owner(tenant, vm)?;
         let after = number(req, "after", 0)?;
         let limit = number(req, "limit", 100)?.clamp(1, 1000) as usize;
-        let events = self.mgr.events_history(vm, after, limit)?;
+        let events = self.mgr.events_history(tenant, vm, after, limit)?;
         let next = events
             .last()
             .and_then(|e| e["seq"].as_u64())
@@ -363,7 +368,7 @@ impl TenantApi {
         // and every later one reaches the live notices after this point.
         let cut = self.mgr.audit().last_seq();
         let mut backlog = String::new();
-        match self.mgr.events_history(vm, after, usize::MAX) {
+        match self.mgr.events_history(tenant, vm, after, usize::MAX) {
             Ok(events) => {
                 for e in events {
                     if e["seq"].as_u64().is_some_and(|s| s > cut) {

@@ -145,6 +145,12 @@ impl Env {
 
     /// Powers the VM on (its vTPM) and starts its agent on an empty log.
     fn boot(&self, vm: &str, boot_id: &str) -> Running {
+        // A VM just created: its vTPM may still be starting.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(self.vm_path(vm, "data.sock")).is_err() {
+            assert!(Instant::now() < deadline, "the vTPM of {vm} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let data = support::power_on(
             &self.vm_path(vm, "vtpm.sock"),
             &self.vm_path(vm, "data.sock"),
@@ -502,18 +508,55 @@ fn a_tenant_trusts_pushes_watches_and_is_refused_where_it_must_be() {
 
     // The audit log checks out offline against the pinned manager key; an edit does not.
     let audit = dir.join("state/audit.log");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    // The host reads no tenant content: acme's records are sealed with acme's audit key.
+    assert!(
+        !text.contains("not_in_policy") && !text.contains("miner"),
+        "{text}"
+    );
+    let out = env.ok("acme", &["audit", "verify", audit.to_str().unwrap()]);
+    assert!(out.contains("intact"), "{out}");
+    // With its key, acme reads (and authenticates) its own records; bob's key opens none.
+    env.ok("acme", &["audit", "key", "-o", "acme.audit-key"]);
+    env.ok("bob", &["audit", "key", "-o", "bob.audit-key"]);
+    let path = audit.to_str().unwrap();
     let out = env.ok(
         "acme",
-        &["audit", "verify", audit.to_str().unwrap(), "--vm", "web-1"],
+        &[
+            "audit",
+            "verify",
+            path,
+            "--tenant-key",
+            "acme.audit-key",
+            "--vm",
+            "web-1",
+        ],
     );
-    assert!(out.contains("intact"), "{out}");
-    assert!(out.contains("not_in_policy"), "{out}");
-    let text = std::fs::read_to_string(&audit).unwrap();
-    std::fs::write(
-        dir.join("edited.log"),
-        text.replacen("not_in_policy", "not_in_pol1cy", 1),
-    )
-    .unwrap();
+    assert!(
+        out.contains("not_in_policy") && out.contains("/usr/local/bin/miner"),
+        "{out}"
+    );
+    let o = env.weles(
+        "bob",
+        &[
+            "audit",
+            "verify",
+            path,
+            "--tenant-key",
+            "bob.audit-key",
+            "--show",
+        ],
+    );
+    assert!(o.status.success());
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("miner"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("did not open"));
+    // A changed byte anywhere in a record breaks it.
+    let line3 = text.lines().nth(2).unwrap();
+    let pos = line3.find("\"ciphertext\":\"").unwrap_or(10) + 20;
+    let mut bad = line3.as_bytes().to_vec();
+    bad[pos] = if bad[pos] == b'A' { b'B' } else { b'A' };
+    let edited = text.replacen(line3, &String::from_utf8(bad).unwrap(), 1);
+    std::fs::write(dir.join("edited.log"), edited).unwrap();
     let o = env.weles("acme", &["audit", "verify", "edited.log"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains("BROKEN at line"));

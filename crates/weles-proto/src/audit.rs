@@ -5,6 +5,11 @@
 //! the SHA-256 of the previous line (its LF included), 64 zeros for the first; the signature
 //! (sshsig, namespace `weles-audit`, by the manager key) covers the JSON's exact bytes. Checking
 //! the signature needs an SSH library; callers pass it in.
+//!
+//! A tenant's records are sealed: what happened ([`Body`]) is encrypted with that tenant's audit
+//! key (XChaCha20-Poly1305), so the host sees only numbers, times, kinds and tenant names, while
+//! anyone can still check the chain and the signatures, and the tenant — who can fetch its key —
+//! can read and authenticate its own records.
 
 use std::io::BufRead;
 
@@ -21,15 +26,102 @@ pub struct Record {
     pub time_ms: u64,
     /// SHA-256 (hex) of the previous line.
     pub prev: String,
-    /// `vm_notice`, `policy`, `tenant_registered`, `vm_created`, `vm_deleted`, `manager_started`.
+    /// `vm_notice`, `policy`, `tenant_registered`, `vm_created`, `vm_deleted`, `webhook_set`,
+    /// `webhook_deleted`, `manager_started`.
     pub kind: String,
-    pub vm: Option<String>,
     pub tenant: Option<String>,
-    /// What happened (for `vm_notice`: the monitor's notice).
+    /// What happened, in the clear (records of no tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Body>,
+    /// What happened, sealed with the tenant's audit key (a tenant's records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Sealed>,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Body {
+    pub vm: Option<String>,
+    /// The details (for `vm_notice`: the monitor's notice).
     pub event: serde_json::Value,
     /// The VM monitor's state after the event (`vm_notice` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<serde_json::Value>,
+}
+
+/// A [`Body`] encrypted with XChaCha20-Poly1305 under the tenant's audit key; the associated
+/// data binds it to its place: `"weles-audit-v1\n" seq "\n" prev "\n" kind "\n" tenant`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// 24 bytes, hex.
+    pub nonce: String,
+    /// Standard base64.
+    pub ciphertext: String,
+}
+
+fn aad(seq: u64, prev: &str, kind: &str, tenant: &str) -> Vec<u8> {
+    format!("weles-audit-v1\n{seq}\n{prev}\n{kind}\n{tenant}").into_bytes()
+}
+
+impl Record {
+    /// Seals `body` for `tenant` with `key` and a fresh `nonce`.
+    pub fn seal(&mut self, body: &Body, key: &[u8; 32], nonce: [u8; 24]) -> Result<(), String> {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let tenant = self.tenant.clone().unwrap_or_default();
+        let plain = zeroize::Zeroizing::new(serde_json::to_vec(body).map_err(|e| e.to_string())?);
+        let cipher =
+            chacha20poly1305::XChaCha20Poly1305::new_from_slice(key).map_err(|e| e.to_string())?;
+        let ct = cipher
+            .encrypt(
+                &nonce.into(),
+                Payload {
+                    msg: &plain,
+                    aad: &aad(self.seq, &self.prev, &self.kind, &tenant),
+                },
+            )
+            .map_err(|_| "sealing failed".to_owned())?;
+        self.body = None;
+        self.sealed = Some(Sealed {
+            nonce: hex::encode(nonce),
+            ciphertext: base64ct::Base64::encode_string(&ct),
+        });
+        Ok(())
+    }
+
+    /// What happened: the clear body, or the sealed one opened with `key` (`None` when the
+    /// record is sealed and no key is given; an error when the key does not open it).
+    pub fn open(&self, key: Option<&[u8; 32]>) -> Result<Option<Body>, String> {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        if let Some(b) = &self.body {
+            return Ok(Some(b.clone()));
+        }
+        let (Some(sealed), Some(key)) = (&self.sealed, key) else {
+            return Ok(None);
+        };
+        let nonce: [u8; 24] = hex::decode(&sealed.nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or("sealed nonce is not 24 bytes of hex")?;
+        let ct = base64ct::Base64::decode_vec(&sealed.ciphertext)
+            .map_err(|_| "sealed ciphertext is not base64")?;
+        let cipher =
+            chacha20poly1305::XChaCha20Poly1305::new_from_slice(key).map_err(|e| e.to_string())?;
+        let tenant = self.tenant.clone().unwrap_or_default();
+        let plain = zeroize::Zeroizing::new(
+            cipher
+                .decrypt(
+                    &nonce.into(),
+                    Payload {
+                        msg: &ct,
+                        aad: &aad(self.seq, &self.prev, &self.kind, &tenant),
+                    },
+                )
+                .map_err(|_| "the tenant's audit key does not open this record (another tenant's key, or altered)")?,
+        );
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|e| format!("sealed body: {e}"))
+    }
 }
 
 /// SHA-256 of a line (LF included), hex: the next record's `prev`.
