@@ -20,6 +20,8 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo build (every binary: the manager's tests run weles-vtpm, weles-guest and weles)"
+cargo build --workspace --bins --locked
 log "cargo test (workspace)"
 cargo test --workspace --locked
 log "Keylime verdict parity; Keylime's EK check on manufactured vTPMs"

@@ -39,8 +39,9 @@ pub enum AuditError {
     Sign(String),
 }
 
-/// Each VM's newest monitor checkpoint, by VM name.
-pub type Checkpoints = std::collections::BTreeMap<String, serde_json::Value>;
+/// Each VM's newest monitor checkpoint and the number of the record carrying it (the VM's last
+/// notice), by VM name.
+pub type Checkpoints = std::collections::BTreeMap<String, (u64, serde_json::Value)>;
 
 use weles_proto::audit::GENESIS;
 
@@ -111,7 +112,7 @@ impl AuditLog {
                     if let Ok(Some(body)) = rec.open(key.map(|k| &**k))
                         && let (Some(vm), Some(cp)) = (body.vm, body.checkpoint)
                     {
-                        checkpoints.insert(vm, cp);
+                        checkpoints.insert(vm, (rec.seq, cp));
                     }
                 },
             )
@@ -341,7 +342,7 @@ mod tests {
         let (log, old) = AuditLog::open(&path, k.clone(), keys.clone()).unwrap();
         assert_eq!(
             old.get("vm"),
-            Some(&serde_json::json!({ "cp": 2 })),
+            Some(&(3, serde_json::json!({ "cp": 2 }))),
             "the newest checkpoint"
         );
         assert_eq!(

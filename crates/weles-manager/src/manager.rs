@@ -582,7 +582,7 @@ impl Manager {
             entries: st.entries,
             extends: st.extends,
             boots: st.boots,
-            last_event: self.notices.last_for(name),
+            last_event: Some(vm.last_event()).filter(|n| *n > 0),
             violation: st.violation.and_then(|v| serde_json::to_value(v).ok()),
             ek_certificate: ek,
         })
@@ -774,11 +774,11 @@ impl Manager {
     fn start_vm(
         &self,
         rec: &VmRecord,
-        checkpoint: Option<&serde_json::Value>,
+        checkpoint: Option<&(u64, serde_json::Value)>,
     ) -> anyhow::Result<()> {
         let paths = VmPaths::new(&self.cfg.state_dir, &self.cfg.run_dir, &rec.name);
         paths.create_dirs()?;
-        let monitor = match checkpoint {
+        let monitor = match checkpoint.map(|(_, cp)| cp) {
             None => Monitor::new(),
             Some(cp) => {
                 let cp: Checkpoint = serde_json::from_value(cp.clone()).map_err(|e| {
@@ -795,6 +795,9 @@ impl Manager {
             self.notices.clone(),
             Some(self.audit.clone()),
         );
+        if let Some((seq, _)) = checkpoint {
+            vm.note_last_event(*seq);
+        }
         if let Some(p) = &rec.policy {
             let policy = Policy::load(p.policy.as_bytes(), &format!("policy of VM {}", rec.name))?;
             vm.set_policy(Arc::new(policy));

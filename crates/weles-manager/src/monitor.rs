@@ -256,7 +256,7 @@ impl Monitor {
         let mut step = Step::default();
         self.set_state(
             VmState::Rebooted,
-            "the vTPM restarted; waiting for the VM to start",
+            "the vTPM (re)started; waiting for the VM to start",
             &mut step,
         );
         step

@@ -109,14 +109,6 @@ impl NoticeHub {
         }
     }
 
-    /// The newest notice about `vm` still kept.
-    pub fn last_for(&self, vm: &str) -> Option<u64> {
-        self.ring
-            .lock()
-            .ok()
-            .and_then(|r| r.records.iter().rev().find(|x| x.vm == vm).map(|x| x.seq))
-    }
-
     /// The sequence number of the newest notice (0: none yet).
     pub fn last_seq(&self) -> u64 {
         self.ring.lock().map_or(0, |r| r.last)

@@ -214,9 +214,9 @@ fn supervise(
                 std::thread::sleep(Duration::from_millis(100));
             }
         } else {
-            if !first {
-                vm.on_vtpm_restarted();
-            }
+            // A new process numbers its events from 1 and has seen no boot yet — also the first
+            // time, when the monitor may come from a checkpoint of an earlier process.
+            vm.on_vtpm_restarted();
             let _ = std::fs::remove_file(&paths.vtpm_socket);
             let mut cmd = Command::new(binary);
             cmd.args(["socket", "--tpm2"]);

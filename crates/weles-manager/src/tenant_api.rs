@@ -20,6 +20,9 @@ use weles_proto::http::{self, Request};
 use crate::manager::{Manager, ManagerError};
 use crate::notices::NoticeRecord;
 
+/// Most tenant API connections served at once.
+pub const MAX_CONNECTIONS: usize = 512;
+
 /// Requests that carry the same (tenant, nonce) within the skew window are replays.
 struct ReplayCache {
     seen: HashMap<(String, String), u64>,
@@ -103,14 +106,27 @@ impl TenantApi {
         }))
     }
 
-    /// Serves connections until the listener fails.
+    /// Serves connections until the listener fails; at most [`MAX_CONNECTIONS`] at once (more
+    /// are closed at once: a flood of connections costs threads, not the monitors' time).
     pub fn serve(self: Arc<Self>, listener: TcpListener) {
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
-            let api = self.clone();
-            let _ = std::thread::Builder::new()
+            if open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= MAX_CONNECTIONS {
+                open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                drop(conn);
+                continue;
+            }
+            let (api, held) = (self.clone(), open.clone());
+            let spawned = std::thread::Builder::new()
                 .name("tenant-api".into())
-                .spawn(move || api.connection(conn));
+                .spawn(move || {
+                    api.connection(conn);
+                    held.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            if spawned.is_err() {
+                open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
         }
     }
 

@@ -21,6 +21,8 @@ pub struct Vm {
     notices: Arc<NoticeHub>,
     /// Where notices are recorded (with the monitor's checkpoint) before anyone sees them.
     audit: Option<Arc<AuditLog>>,
+    /// The number of the VM's newest notice (0: none).
+    last_event: std::sync::atomic::AtomicU64,
 }
 
 impl Vm {
@@ -43,7 +45,17 @@ impl Vm {
             guest_out: Mutex::new(None),
             notices,
             audit,
+            last_event: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    pub fn last_event(&self) -> u64 {
+        self.last_event.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn note_last_event(&self, seq: u64) {
+        self.last_event
+            .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn status(&self) -> Option<Status> {
@@ -75,6 +87,7 @@ impl Vm {
     fn record(&self, n: Notice, checkpoint: Option<serde_json::Value>) {
         let Some(audit) = &self.audit else {
             let seq = self.notices.last_seq() + 1;
+            self.note_last_event(seq);
             self.notices.publish(seq, &self.id, n);
             return;
         };
@@ -88,6 +101,7 @@ impl Vm {
             event,
             checkpoint,
             |seq| {
+                self.note_last_event(seq);
                 hub.publish(seq, &self.id, n);
             },
         );

@@ -492,6 +492,7 @@ fn a_tenant_trusts_pushes_watches_and_is_refused_where_it_must_be() {
     let s = env.wait_state("violated", 10);
     assert_eq!(s["violation"]["path"], "/usr/local/bin/miner");
     assert_eq!(s["policy_version"], 4);
+    assert_eq!(s["last_event"].as_u64(), seqs.last().copied(), "{s}");
     // Nothing was lost and nothing doubled: one violation in the history, as before.
     std::thread::sleep(Duration::from_millis(300));
     let page = env.ok("acme", &["vm", "events", "web-1", "--json"]);
@@ -618,10 +619,16 @@ fn setup(name: &str) -> (Env, Kill) {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let env = Env { dir: dir.clone() };
+    // A fixed port: the trust names it, and it must survive a manager restart.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     std::fs::write(
         dir.join("welesd.toml"),
         format!(
-            "state_dir = \"{0}/state\"\nrun_dir = \"{0}/run\"\ntenant_api = \"127.0.0.1:0\"\n[vtpm]\ndata_socket = true\n",
+            "state_dir = \"{0}/state\"\nrun_dir = \"{0}/run\"\ntenant_api = \"127.0.0.1:{port}\"\n[vtpm]\ndata_socket = true\n",
             dir.display()
         ),
     )
@@ -654,7 +661,7 @@ fn setup(name: &str) -> (Env, Kill) {
 
 #[test]
 fn through_welesd_a_withheld_log_is_unverifiable_a_forged_one_violated_and_a_reboot_starts_over() {
-    let (env, _welesd) = setup("lifecycle");
+    let (env, welesd) = setup("lifecycle");
     let real = split(&real_log());
     let (miner, miner_raw) = split(&unlisted_entry()).remove(0);
 
@@ -707,5 +714,25 @@ fn through_welesd_a_withheld_log_is_unverifiable_a_forged_one_violated_and_a_reb
     assert!(s["violation"].is_null());
     let events = env.ok("acme", &["vm", "events", "reboot", "--json"]);
     assert!(events.contains("\"to\":\"rebooted\""), "{events}");
+
+    // While welesd is down, the VM powers off and its vTPM ends; the new welesd starts a new
+    // vTPM, whose events start again from 1 — the monitor, resumed from a checkpoint of the old
+    // process, must not skip them.
+    drop(vm);
+    let pid = match env.operator(OperatorRequest::VmStatus {
+        name: "reboot".into(),
+    }) {
+        OperatorReply::Vm(v) => v.vtpm_pid.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    drop(welesd);
+    env.sh(&format!("kill -9 {pid}"));
+    let _welesd = env.start_welesd();
+    let mut vm = env.boot("reboot", "boot-3");
+    for (e, raw) in &real {
+        vm.measure(e, raw, true, true);
+    }
+    let s = env.wait_vm("reboot", |s| s["state"] == "compliant" && s["entries"] == 9);
+    assert_eq!(s["boots"], 3, "{s}");
     let _ = std::fs::remove_dir_all(&env.dir);
 }

@@ -1,0 +1,115 @@
+//! The real weles-guest binary against a manager played by this test on a Unix socket.
+
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weles_proto::guest::{self, GuestMessage, ManagerMessage};
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("weles-guest-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn start(d: &std::path::Path, log: &str) -> (UnixListener, Agent) {
+    let sock = d.join("guest.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    std::fs::write(d.join("boot_id"), "3f1c-boot\n").unwrap();
+    let agent = Agent(
+        Command::new(env!("CARGO_BIN_EXE_weles-guest"))
+            .arg("--channel")
+            .arg(&sock)
+            .arg("--ima-log")
+            .arg(d.join(log))
+            .arg("--boot-id-file")
+            .arg(d.join("boot_id"))
+            .args(["--poll-ms", "5"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    (l, agent)
+}
+
+fn next(s: &mut UnixStream) -> GuestMessage {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    guest::read_guest(s).unwrap().expect("a message")
+}
+
+/// Reads LOG frames until `want` bytes from `from` have arrived; checks offsets are contiguous.
+fn collect(s: &mut UnixStream, from: u64, want: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        match next(s) {
+            GuestMessage::Log { offset, bytes } => {
+                assert_eq!(offset, from + got.len() as u64, "contiguous");
+                got.extend_from_slice(&bytes);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    got
+}
+
+#[test]
+fn streams_from_the_wanted_offset_follows_appends_and_reconnects() {
+    let d = dir("stream");
+    let log = d.join("log");
+    std::fs::write(&log, b"0123456789").unwrap();
+    let (l, _agent) = start(&d, "log");
+    let (mut s, _) = l.accept().unwrap();
+    match next(&mut s) {
+        GuestMessage::Hello(h) => {
+            assert_eq!(h.boot_id, "3f1c-boot");
+            assert_eq!(h.version, guest::VERSION);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing is sent before the manager asks.
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    assert!(guest::read_guest(&mut s).is_err(), "no bytes before WANT");
+    guest::write_manager(&mut s, &ManagerMessage::Want { offset: 4 }).unwrap();
+    assert_eq!(collect(&mut s, 4, 6), b"456789");
+    // Appends arrive as they happen.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let t = Instant::now();
+    f.write_all(b"abc").unwrap();
+    assert_eq!(collect(&mut s, 10, 3), b"abc");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // A new WANT restarts from there.
+    guest::write_manager(&mut s, &ManagerMessage::Want { offset: 0 }).unwrap();
+    assert_eq!(collect(&mut s, 0, 13), b"0123456789abc");
+    // The manager goes away; the agent comes back and says hello again.
+    drop(s);
+    let (mut s, _) = l.accept().unwrap();
+    assert!(matches!(next(&mut s), GuestMessage::Hello(_)));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn an_unreadable_log_is_reported_by_name() {
+    let d = dir("missing");
+    let (l, _agent) = start(&d, "no-such-log");
+    let (mut s, _) = l.accept().unwrap();
+    assert!(matches!(next(&mut s), GuestMessage::Hello(_)));
+    guest::write_manager(&mut s, &ManagerMessage::Want { offset: 0 }).unwrap();
+    match next(&mut s) {
+        GuestMessage::LogError(text) => assert!(text.contains("no-such-log"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
