@@ -12,9 +12,11 @@ use clap::{Parser, Subcommand};
 
 /// WELES: policy-driven runtime integrity for cloud VMs.
 ///
-/// Verify a VM's IMA measurement list against a tenant policy, and write, convert, generate and
-/// sign those policies. Exit codes: 0 success / compliant, 1 failure / not compliant, 2 invalid
-/// input or usage.
+/// Tenants: write, sign and push policies, trust a manager (welesd), watch your VMs' states and
+/// events, verify the manager's audit log. Operators: manage tenants and VMs of a host's welesd.
+/// Anyone: verify an IMA measurement list against a policy offline.
+///
+/// Exit codes: 0 success / compliant, 1 failure / not compliant, 2 invalid input or usage.
 #[derive(Parser)]
 #[command(
     name = "weles",

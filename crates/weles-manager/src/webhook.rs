@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::manager::Manager;
 
-/// A tenant's webhook as stored.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A tenant's webhook as stored. (Its `Debug` leaves the secret out.)
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Webhook {
     pub url: String,
     /// The HMAC key, hex (the tenant chose it; both sides hold it).
@@ -30,6 +30,16 @@ pub struct Webhook {
 }
 
 pub use weles_proto::api::DeliveryState;
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("delivered", &self.delivered)
+            .finish()
+    }
+}
 
 /// `http://host:port/path` → (`host:port`, path).
 pub fn parse_url(url: &str) -> Result<(String, String), String> {
