@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use weles_vtpm::events::{self, BankDigest, Event, Message, Request};
 
-#[allow(dead_code)] // `listening` is not needed here
 mod support;
 use support::free_ports;
 

@@ -3,97 +3,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use weles_vtpm::ctrl::{self, Request};
 
 mod support;
-use support::{free_ports, listening};
-
-struct Vtpm {
-    child: Child,
-    data: u16,
-    ctrl: u16,
-    dir: PathBuf,
-}
-
-impl Vtpm {
-    fn start(dir: &Path) -> Vtpm {
-        let (data, ctrl) = free_ports();
-        let child = Command::new(env!("CARGO_BIN_EXE_weles-vtpm"))
-            .args(["socket", "--tpm2"])
-            .arg("--server")
-            .arg(format!("type=tcp,port={data},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-            .args(["--flags", "not-need-init,startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", dir.join("state").display()))
-            .arg("--log")
-            .arg(format!("file={}", dir.join("vtpm.log").display()))
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !listening(ctrl) {
-            assert!(Instant::now() < deadline, "weles-vtpm did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Vtpm {
-            child,
-            data,
-            ctrl,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn tool(&self, args: &[&str]) -> Output {
-        Command::new(args[0])
-            .args(&args[1..])
-            .env(
-                "TPM2TOOLS_TCTI",
-                format!("swtpm:host=127.0.0.1,port={}", self.data),
-            )
-            .current_dir(&self.dir)
-            .output()
-            .expect("tpm2-tools are installed")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.tool(args);
-        assert!(
-            o.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn ctrl(&self, req: &Request, response_len: usize) -> Vec<u8> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.ctrl)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(&ctrl::encode(req)).unwrap();
-        let mut r = vec![0u8; response_len];
-        s.read_exact(&mut r).unwrap();
-        r
-    }
-}
-
-impl Drop for Vtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("weles-vtpm-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use support::{Vtpm, tempdir};
 
 fn sha256_hex(data: &[u8]) -> String {
     let o = Command::new("sha256sum")
