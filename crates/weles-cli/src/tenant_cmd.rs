@@ -257,6 +257,10 @@ pub fn vm(cmd: VmCommand) -> anyhow::Result<Outcome> {
                 if let Some(n) = v.last_event {
                     println!("  last event #{n}");
                 }
+                match &v.host_key {
+                    Some(k) => println!("  SSH host key (in the vTPM): {k}"),
+                    None => println!("  SSH host key: none accepted yet"),
+                }
             }
             Ok(if v.state == "compliant" {
                 Outcome::Success

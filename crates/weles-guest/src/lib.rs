@@ -5,9 +5,14 @@
 //! whatever offset the manager asks for, then every appended byte as it appears. It keeps
 //! reconnecting, so a manager restart costs nothing but a short gap. It holds no secret and
 //! makes no decision: the manager trusts its bytes only once they replay to the vTPM's PCRs.
+//!
+//! When the manager asks (SIGNING_SETUP), it makes the VM's SSH host key in the vTPM — usable
+//! only with the manager's PolicySigned authorization — and reports where it lives.
 
 pub mod channel;
+pub mod host_key;
 pub mod stream;
+pub mod tpm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,6 +24,8 @@ pub struct Options {
     pub channel: PathBuf,
     /// The binary IMA measurement list.
     pub ima_log: PathBuf,
+    /// The TPM: `/dev/tpmrm0`, or a Unix socket speaking raw TPM frames.
+    pub tpm: PathBuf,
     /// The file holding this boot's id (`/proc/sys/kernel/random/boot_id`).
     pub boot_id_file: PathBuf,
     /// How often to look for new log bytes.

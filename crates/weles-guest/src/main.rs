@@ -22,6 +22,9 @@ struct Cli {
         default_value = "/sys/kernel/security/ima/binary_runtime_measurements"
     )]
     ima_log: PathBuf,
+    /// The TPM: the kernel's resource manager, or a Unix socket speaking raw TPM 2.0 frames.
+    #[arg(long, default_value = "/dev/tpmrm0")]
+    tpm: PathBuf,
     /// The file holding this boot's id; a new id tells the manager the VM rebooted.
     #[arg(long, default_value = "/proc/sys/kernel/random/boot_id")]
     boot_id_file: PathBuf,
@@ -38,6 +41,7 @@ fn main() -> std::process::ExitCode {
     let opts = weles_guest::Options {
         channel: cli.channel,
         ima_log: cli.ima_log,
+        tpm: cli.tpm,
         boot_id_file: cli.boot_id_file,
         poll: Duration::from_millis(cli.poll_ms),
         once: cli.once,

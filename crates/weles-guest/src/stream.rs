@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::mpsc::{self, RecvTimeoutError};
 
-use weles_proto::guest::{self, GuestMessage, Hello, ManagerMessage};
+use weles_proto::guest::{self, GuestMessage, Hello, HostKeyReport, ManagerMessage};
 
 use crate::Options;
 use crate::channel::Channel;
@@ -96,6 +96,35 @@ fn pump(
                     cursor = None;
                 }
             },
+            Ok(Ok(ManagerMessage::SigningSetup(setup))) => {
+                let report = match crate::tpm::Tpm::open(&opts.tpm)
+                    .map_err(|e| format!("cannot open the TPM {}: {e}", opts.tpm.display()))
+                    .and_then(|mut tpm| crate::host_key::ensure(&mut tpm, &setup))
+                {
+                    Ok(handle) => HostKeyReport {
+                        handle: Some(handle),
+                        error: None,
+                    },
+                    Err(e) => HostKeyReport {
+                        handle: None,
+                        error: Some(e),
+                    },
+                };
+                guest::write_guest(ch, &GuestMessage::HostKey(report))?;
+            }
+            Ok(Ok(ManagerMessage::HostKeyResult(r))) => {
+                if r.accepted {
+                    eprintln!(
+                        "weles-guest: the manager accepted the host key {}",
+                        r.fingerprint.as_deref().unwrap_or("")
+                    );
+                } else {
+                    eprintln!(
+                        "weles-guest: the manager refused the host key: {}",
+                        r.reason
+                    );
+                }
+            }
             Ok(Err(e)) => return Err(e),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(()),

@@ -34,6 +34,8 @@ fn start(d: &std::path::Path, log: &str) -> (UnixListener, Agent) {
             .arg(&sock)
             .arg("--ima-log")
             .arg(d.join(log))
+            .arg("--tpm")
+            .arg(d.join("no-tpm"))
             .arg("--boot-id-file")
             .arg(d.join("boot_id"))
             .args(["--poll-ms", "5"])

@@ -318,6 +318,8 @@ fn live(samples: usize, poll_ms: u64) {
                 .arg(dir.join("guest.sock"))
                 .arg("--ima-log")
                 .arg(&log_path)
+                .arg("--tpm")
+                .arg(dir.join("no-tpm"))
                 .arg("--boot-id-file")
                 .arg(dir.join("boot_id"))
                 .args(["--poll-ms", &poll_ms.to_string()])

@@ -72,7 +72,7 @@ fn accept_loop(vm: &Arc<Vm>, listener: &UnixListener, stop: &Arc<AtomicBool>) {
     }
 }
 
-fn read_loop(vm: &Vm, mut conn: UnixStream) -> std::io::Result<()> {
+fn read_loop(vm: &Arc<Vm>, mut conn: UnixStream) -> std::io::Result<()> {
     loop {
         match guest::read_guest(&mut conn)? {
             None => return Ok(()),
@@ -84,6 +84,7 @@ fn read_loop(vm: &Vm, mut conn: UnixStream) -> std::io::Result<()> {
                     vm.id
                 );
             }
+            Some(GuestMessage::HostKey(report)) => vm.on_host_key(report),
         }
     }
 }

@@ -22,6 +22,9 @@ use crate::vm::Vm;
 use crate::vtpm_link::VtpmLink;
 use crate::webhook::{Deliverer, DeliveryState, Webhook};
 
+/// Where the guest keeps the VM's host key (persistent, owner hierarchy).
+pub const HOST_KEY_HANDLE: u32 = 0x8100_0100;
+
 /// Why a request was refused; `code` is the operator API's error code.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -329,6 +332,29 @@ impl Manager {
         })
     }
 
+    /// The manager's authority key A.
+    fn authority(&self) -> anyhow::Result<weles_tpm::policy::AuthorityKey> {
+        let key = self
+            .with_store(|s| p256::ecdsa::SigningKey::from_slice(s.secrets().authority_key.as_ref()))
+            .map_err(|e| anyhow::anyhow!("authority key: {e}"))?;
+        Ok(weles_tpm::policy::AuthorityKey::new(key))
+    }
+
+    /// What VM `name`'s host key must be and where it lives.
+    fn signing_for(&self, name: &str) -> anyhow::Result<crate::vm::Signing> {
+        let a = self.authority()?;
+        let policy = a.host_key_policy(name);
+        Ok(crate::vm::Signing {
+            setup: weles_proto::guest::SigningSetup {
+                vm: name.to_owned(),
+                authority: hex::encode(a.public().marshal()),
+                policy: hex::encode(policy),
+                handle: HOST_KEY_HANDLE,
+            },
+            policy,
+        })
+    }
+
     /// The tenant's audit key, hex: it opens the tenant's records in the audit log.
     pub fn tenant_audit_key(
         &self,
@@ -585,6 +611,7 @@ impl Manager {
             last_event: Some(vm.last_event()).filter(|n| *n > 0),
             violation: st.violation.and_then(|v| serde_json::to_value(v).ok()),
             ek_certificate: ek,
+            host_key: vm.host_key().map(|h| h.openssh),
         })
     }
 
@@ -798,6 +825,7 @@ impl Manager {
         if let Some((seq, _)) = checkpoint {
             vm.note_last_event(*seq);
         }
+        vm.enable_signing(self.signing_for(&rec.name)?);
         if let Some(p) = &rec.policy {
             let policy = Policy::load(p.policy.as_bytes(), &format!("policy of VM {}", rec.name))?;
             vm.set_policy(Arc::new(policy));

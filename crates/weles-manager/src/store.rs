@@ -85,6 +85,8 @@ pub struct Secrets {
     pub tenant_cas: BTreeMap<String, Zeroizing<String>>,
     /// Each tenant's audit key: its audit records are sealed with it.
     pub tenant_audit_keys: crate::audit::TenantKeys,
+    /// The authority key A (P-256 scalar) that authorizes host-key signatures.
+    pub authority_key: Zeroizing<[u8; 32]>,
 }
 
 /// A new tenant's secrets.
@@ -177,6 +179,27 @@ impl Store {
             }
             None => BTreeMap::new(),
         };
+        let had_authority = blobs.contains_key("authority.key");
+        let authority_key = match secret(&mut blobs, "authority.key") {
+            Some(hexkey) => {
+                let mut k = Zeroizing::new([0u8; 32]);
+                hex::decode_to_slice(hexkey.trim(), k.as_mut()).map_err(|_| {
+                    StoreError::Corrupt {
+                        path: path.clone(),
+                        why: "authority key".into(),
+                    }
+                })?;
+                k
+            }
+            None => loop {
+                let mut k = Zeroizing::new([0u8; 32]);
+                getrandom::fill(k.as_mut()).map_err(|e| StoreError::Ca(e.to_string()))?;
+                if p256::ecdsa::SigningKey::from_slice(k.as_ref()).is_ok() {
+                    notes.push("created the authority key for host-key signatures".into());
+                    break k;
+                }
+            },
+        };
         let tenant_audit_keys = match secret(&mut blobs, "tenant-audit-keys") {
             Some(json) => {
                 let map: BTreeMap<String, String> =
@@ -211,7 +234,8 @@ impl Store {
                 EkCa { key_pem, cert_pem }
             }
         };
-        let fresh = !blobs.contains_key("registry") || !blobs.contains_key("tls.crt");
+        let fresh =
+            !blobs.contains_key("registry") || !blobs.contains_key("tls.crt") || !had_authority;
         let mut store = Store {
             audit_seq: registry.audit_seq,
             sealed,
@@ -223,6 +247,7 @@ impl Store {
                 tls_cert,
                 tenant_cas,
                 tenant_audit_keys,
+                authority_key,
             },
         };
         if fresh {

@@ -5,8 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use weles_policy::Policy;
-use weles_proto::guest::{self, Hello, ManagerMessage};
-use weles_proto::vtpm_events::Record;
+use weles_proto::guest::{self, Hello, HostKeyReport, HostKeyResult, ManagerMessage, SigningSetup};
+use weles_proto::vtpm_events::{Message, Record, Request};
+
+use crate::vtpm_link::Requester;
 
 use crate::audit::AuditLog;
 use crate::monitor::{Monitor, Notice, Status, Step};
@@ -23,6 +25,28 @@ pub struct Vm {
     audit: Option<Arc<AuditLog>>,
     /// The number of the VM's newest notice (0: none).
     last_event: std::sync::atomic::AtomicU64,
+    /// Management requests to the vTPM (answered on its event socket).
+    requester: Arc<Requester>,
+    /// What the guest needs to make the host key, when the manager authorizes signing.
+    signing: Mutex<Option<Signing>>,
+    /// The host key the manager read from the vTPM and accepted.
+    host_key: Mutex<Option<HostKeyInfo>>,
+}
+
+/// The host key's expected shape for this VM.
+#[derive(Clone, Debug)]
+pub struct Signing {
+    pub setup: SigningSetup,
+    pub policy: [u8; 32],
+}
+
+/// An accepted host key.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HostKeyInfo {
+    pub handle: u32,
+    /// `ecdsa-sha2-nistp256 AAAA…`.
+    pub openssh: String,
+    pub fingerprint: String,
 }
 
 impl Vm {
@@ -46,6 +70,106 @@ impl Vm {
             notices,
             audit,
             last_event: std::sync::atomic::AtomicU64::new(0),
+            requester: Arc::new(Requester::default()),
+            signing: Mutex::new(None),
+            host_key: Mutex::new(None),
+        })
+    }
+
+    pub fn requester(&self) -> Arc<Requester> {
+        self.requester.clone()
+    }
+
+    /// From now on, each agent that says hello is asked to make the host key.
+    pub fn enable_signing(&self, signing: Signing) {
+        if let Ok(mut s) = self.signing.lock() {
+            *s = Some(signing);
+        }
+    }
+
+    pub fn host_key(&self) -> Option<HostKeyInfo> {
+        self.host_key.lock().ok().and_then(|h| h.clone())
+    }
+
+    /// The agent reported the host key's handle: read its public area from the vTPM itself,
+    /// check it, record the verdict, and tell the agent. Runs on its own thread (the vTPM
+    /// answers on the event link, which must not wait for this).
+    pub fn on_host_key(self: &Arc<Self>, report: HostKeyReport) {
+        let vm = self.clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("hostkey-{}", self.id))
+            .spawn(move || {
+                let verdict = match report.handle {
+                    None => Err(format!(
+                        "the guest could not make it: {}",
+                        report.error.as_deref().unwrap_or("no reason given")
+                    )),
+                    Some(h) => vm.check_host_key(h),
+                };
+                let (result, event) = match &verdict {
+                    Ok(info) => (
+                        HostKeyResult {
+                            accepted: true,
+                            reason: String::new(),
+                            fingerprint: Some(info.fingerprint.clone()),
+                        },
+                        serde_json::json!({ "accepted": true, "handle": info.handle, "key": info.openssh, "fingerprint": info.fingerprint }),
+                    ),
+                    Err(why) => (
+                        HostKeyResult {
+                            accepted: false,
+                            reason: why.clone(),
+                            fingerprint: None,
+                        },
+                        serde_json::json!({ "accepted": false, "handle": report.handle, "reason": why }),
+                    ),
+                };
+                if let Ok(mut h) = vm.host_key.lock() {
+                    *h = verdict.ok();
+                }
+                if let Some(audit) = &vm.audit {
+                    let tenant = Some(vm.tenant.as_str()).filter(|t| !t.is_empty());
+                    if let Err(e) = audit.append("host_key", Some(&vm.id), tenant, event, None) {
+                        eprintln!("welesd: vm {}: cannot record the host key verdict: {e}", vm.id);
+                    }
+                }
+                vm.send(&ManagerMessage::HostKeyResult(result));
+            });
+    }
+
+    fn check_host_key(&self, handle: u32) -> Result<HostKeyInfo, String> {
+        let policy = self
+            .signing
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|s| s.policy))
+            .ok_or("signing is not set up for this VM")?;
+        let answer = self.requester.request(
+            &Request::ReadPublic { handle },
+            std::time::Duration::from_secs(5),
+        )?;
+        let public = match answer {
+            Message::Public { public, .. } => {
+                hex::decode(public).map_err(|_| "the vTPM's answer is not hex")?
+            }
+            Message::Error { error } => {
+                return Err(format!("the vTPM has no key at {handle:#x}: {error}"));
+            }
+            other => return Err(format!("unexpected answer from the vTPM: {other:?}")),
+        };
+        let key = weles_tpm::public::EccPublic::parse(&public)
+            .map_err(|e| format!("the key at {handle:#x} is not an ECC P-256 key: {e}"))?;
+        weles_tpm::host_key::check(&key, &policy).map_err(|e| e.to_string())?;
+        let mut sec1 = vec![0x04];
+        sec1.extend_from_slice(&key.x);
+        sec1.extend_from_slice(&key.y);
+        let ecdsa =
+            ssh_key::public::EcdsaPublicKey::from_sec1_bytes(&sec1).map_err(|e| e.to_string())?;
+        let ssh = ssh_key::PublicKey::from(ssh_key::public::KeyData::Ecdsa(ecdsa));
+        Ok(HostKeyInfo {
+            handle,
+            openssh: ssh.to_openssh().map_err(|e| e.to_string())?,
+            fingerprint: ssh.fingerprint(ssh_key::HashAlg::Sha256).to_string(),
         })
     }
 
@@ -132,6 +256,14 @@ impl Vm {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         self.drive(|m| m.on_hello(hello, ms, Instant::now()));
+        let setup = self
+            .signing
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|s| s.setup.clone()));
+        if let Some(setup) = setup {
+            self.send(&ManagerMessage::SigningSetup(setup));
+        }
     }
 
     pub fn on_log(&self, offset: u64, bytes: &[u8]) {

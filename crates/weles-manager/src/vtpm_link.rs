@@ -4,16 +4,65 @@
 //! its listener, the manager's connection dropped) loses nothing the vTPM still keeps; if the vTPM
 //! dropped events the monitor was never shown, the monitor is told so and stops trusting this boot.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use weles_proto::vtpm_events::{self, Message, Request};
 
 use crate::vm::Vm;
+
+/// Management requests on the event socket (`docs/vtpm-protocol.md` §5): answers come back on
+/// the same connection, in order, between events; each is handed to the oldest waiting request.
+#[derive(Default)]
+pub struct Requester {
+    out: Mutex<Option<UnixStream>>,
+    waiting: Mutex<VecDeque<mpsc::Sender<Message>>>,
+}
+
+impl Requester {
+    /// Sends `req` and waits up to `timeout` for its answer.
+    pub fn request(&self, req: &Request, timeout: Duration) -> Result<Message, String> {
+        let (tx, rx) = mpsc::channel();
+        {
+            let mut out = self.out.lock().map_err(|_| "vTPM link poisoned")?;
+            let s = out
+                .as_mut()
+                .ok_or("the vTPM's event socket is not connected")?;
+            // Queued before it is sent, under the same lock: answers match requests in order.
+            self.waiting
+                .lock()
+                .map_err(|_| "vTPM link poisoned")?
+                .push_back(tx);
+            s.write_all(&vtpm_events::frame(req))
+                .map_err(|e| format!("asking the vTPM: {e}"))?;
+        }
+        rx.recv_timeout(timeout)
+            .map_err(|_| "the vTPM did not answer".to_owned())
+    }
+
+    fn connected(&self, s: Option<UnixStream>) {
+        if let Ok(mut out) = self.out.lock() {
+            *out = s;
+        }
+        // Requests sent on an old connection get no answer: drop them (their callers fail).
+        if let Ok(mut w) = self.waiting.lock() {
+            w.clear();
+        }
+    }
+
+    fn answer(&self, m: Message) {
+        if let Some(tx) = self.waiting.lock().ok().and_then(|mut w| w.pop_front()) {
+            let _ = tx.send(m);
+        }
+    }
+}
 
 /// A running follower; dropping it does not stop it, [`VtpmLink::stop`] does.
 pub struct VtpmLink {
@@ -88,15 +137,16 @@ fn follow(
 fn session(vm: &Vm, mut s: UnixStream) -> std::io::Result<()> {
     let after = vm.vtpm_seq();
     s.write_all(&vtpm_events::frame(&Request::Subscribe { after }))?;
-    loop {
+    let requester = vm.requester();
+    requester.connected(s.try_clone().ok());
+    let result = (|| loop {
         match vtpm_events::read_frame::<Message>(&mut s)? {
             None => return Ok(()),
             Some(Message::Event(record)) => vm.on_vtpm(&record),
             Some(Message::Lost { .. }) => vm.on_vtpm_lost(),
-            Some(Message::Error { error }) => {
-                return Err(std::io::Error::other(format!("the vTPM said: {error}")));
-            }
-            Some(_) => {}
+            Some(answer) => requester.answer(answer),
         }
-    }
+    })();
+    requester.connected(None);
+    result
 }

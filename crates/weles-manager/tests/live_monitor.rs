@@ -118,6 +118,8 @@ impl World {
                 .arg(self.dir.join("guest.sock"))
                 .arg("--ima-log")
                 .arg(self.dir.join("log"))
+                .arg("--tpm")
+                .arg(self.dir.join("no-tpm"))
                 .arg("--boot-id-file")
                 .arg(&id)
                 .args(["--poll-ms", "5"])

@@ -143,8 +143,14 @@ impl Env {
         self.ok("acme", &["policy", "push", "v4.toml", "--vm", vm]);
     }
 
-    /// Powers the VM on (its vTPM) and starts its agent on an empty log.
+    /// Powers the VM on (its vTPM) and starts its agent on an empty log. The agent gets no TPM
+    /// (its host key requests fail) unless `with_tpm`: the vTPM's data socket, which it can use
+    /// once the test lets go of it.
     fn boot(&self, vm: &str, boot_id: &str) -> Running {
+        self.boot_with(vm, boot_id, false)
+    }
+
+    fn boot_with(&self, vm: &str, boot_id: &str, with_tpm: bool) -> Running {
         // A VM just created: its vTPM may still be starting.
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(self.vm_path(vm, "data.sock")).is_err() {
@@ -165,9 +171,19 @@ impl Env {
                 .arg(self.vm_path(vm, "guest.sock"))
                 .arg("--ima-log")
                 .arg(&log)
+                .arg("--tpm")
+                .arg(if with_tpm {
+                    self.vm_path(vm, "data.sock")
+                } else {
+                    self.dir.join("no-tpm")
+                })
                 .arg("--boot-id-file")
                 .arg(&id)
-                .stderr(Stdio::null())
+                .stderr(if std::env::var_os("WELES_TEST_VERBOSE").is_some() {
+                    Stdio::inherit()
+                } else {
+                    Stdio::null()
+                })
                 .spawn()
                 .unwrap(),
         );
@@ -376,6 +392,8 @@ fn a_tenant_trusts_pushes_watches_and_is_refused_where_it_must_be() {
             .arg(env.vm_run("guest.sock"))
             .arg("--ima-log")
             .arg(&log)
+            .arg("--tpm")
+            .arg(dir.join("no-tpm"))
             .arg("--boot-id-file")
             .arg(dir.join("boot_id"))
             .stderr(Stdio::null())
@@ -734,5 +752,148 @@ fn through_welesd_a_withheld_log_is_unverifiable_a_forged_one_violated_and_a_reb
     }
     let s = env.wait_vm("reboot", |s| s["state"] == "compliant" && s["entries"] == 9);
     assert_eq!(s["boots"], 3, "{s}");
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+#[test]
+fn the_host_key_is_made_in_the_vtpm_read_back_checked_and_shown_or_refused() {
+    let (env, _welesd) = setup("hostkey");
+    env.vm_with_policy("hk");
+    let mut vm = env.boot_with("hk", "boot-1", true);
+    for (e, raw) in &split(&real_log()) {
+        vm.measure(e, raw, true, true);
+    }
+    // The agent makes the key once the test lets go of the vTPM's data channel.
+    let Running {
+        data, log, _guest, ..
+    } = vm;
+    drop(data);
+    let s = env.wait_vm("hk", |s| s["host_key"].is_string());
+    let key = s["host_key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("ecdsa-sha2-nistp256 "), "{key}");
+    assert_eq!(s["state"], "compliant");
+
+    // tpm2-tools, reading the persistent handle from the vTPM itself, see the same key with
+    // the attributes the manager demands (their swtpm TCTI wants the control socket at
+    // DATA.ctrl).
+    std::os::unix::fs::symlink(
+        env.vm_path("hk", "vtpm.sock"),
+        env.vm_path("hk", "data.sock.ctrl"),
+    )
+    .unwrap();
+    let tpm = |args: &[&str]| {
+        let o = Command::new(args[0])
+            .args(&args[1..])
+            .env(
+                "TPM2TOOLS_TCTI",
+                format!("swtpm:path={}", env.vm_path("hk", "data.sock").display()),
+            )
+            .current_dir(&env.dir)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let text = tpm(&[
+        "tpm2_readpublic",
+        "-c",
+        "0x81000100",
+        "-f",
+        "pem",
+        "-o",
+        "hk.pem",
+    ]);
+    for a in [
+        "fixedtpm",
+        "fixedparent",
+        "sensitivedataorigin",
+        "adminwithpolicy",
+        "sign",
+    ] {
+        assert!(text.contains(a), "{a}: {text}");
+    }
+    assert!(!text.contains("userwithauth"), "{text}");
+    env.sh("ssh-keygen -i -m PKCS8 -f hk.pem > hk.ssh");
+    let from_tpm = std::fs::read_to_string(env.dir.join("hk.ssh")).unwrap();
+    let blob = |k: &str| k.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    assert_eq!(blob(&from_tpm), blob(&key));
+
+    // A guest (the agent replaced by this test) reporting a key the manager did not ask for —
+    // one a password can use — or no key at all is refused, and the VM shows no host key.
+    tpm(&["tpm2_createprimary", "-C", "o", "-G", "ecc", "-c", "p.ctx"]);
+    tpm(&[
+        "tpm2_create",
+        "-C",
+        "p.ctx",
+        "-G",
+        "ecc256:ecdsa-sha256",
+        "-a",
+        "fixedtpm|fixedparent|sensitivedataorigin|sign|adminwithpolicy|userwithauth",
+        "-u",
+        "pw.pub",
+        "-r",
+        "pw.priv",
+    ]);
+    tpm(&["tpm2_flushcontext", "-t"]);
+    tpm(&[
+        "tpm2_load",
+        "-C",
+        "p.ctx",
+        "-u",
+        "pw.pub",
+        "-r",
+        "pw.priv",
+        "-c",
+        "pw.ctx",
+    ]);
+    tpm(&["tpm2_evictcontrol", "-C", "o", "-c", "pw.ctx", "0x81000200"]);
+    tpm(&["tpm2_flushcontext", "-t"]);
+    drop(_guest);
+    let mut fake = UnixStream::connect(env.vm_path("hk", "guest.sock")).unwrap();
+    fake.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let hello = weles_proto::guest::Hello {
+        version: 1,
+        boot_id: "boot-1".into(),
+        agent: "a test".into(),
+    };
+    weles_proto::guest::write_guest(&mut fake, &weles_proto::guest::GuestMessage::Hello(hello))
+        .unwrap();
+    let verdict = |fake: &mut UnixStream, handle: Option<u32>| {
+        let report = weles_proto::guest::HostKeyReport {
+            handle,
+            error: None,
+        };
+        weles_proto::guest::write_guest(fake, &weles_proto::guest::GuestMessage::HostKey(report))
+            .unwrap();
+        loop {
+            match weles_proto::guest::read_manager(fake).unwrap().unwrap() {
+                weles_proto::guest::ManagerMessage::HostKeyResult(r) => return r,
+                _ => continue, // WANT, SIGNING_SETUP
+            }
+        }
+    };
+    let r = verdict(&mut fake, Some(0x8100_0200));
+    assert!(
+        !r.accepted && r.reason.contains("forbidden attributes"),
+        "{r:?}"
+    );
+    assert!(env.status_of("hk")["host_key"].is_null());
+    let r = verdict(&mut fake, Some(0x8100_0300));
+    assert!(!r.accepted && r.reason.contains("no key"), "{r:?}");
+    let r = verdict(&mut fake, None);
+    assert!(!r.accepted, "{r:?}");
+    // The real one is accepted again.
+    let r = verdict(&mut fake, Some(0x8100_0100));
+    assert!(r.accepted, "{r:?}");
+    assert_eq!(
+        env.status_of("hk")["host_key"].as_str().map(blob),
+        Some(blob(&key))
+    );
+    let _ = log;
     let _ = std::fs::remove_dir_all(&env.dir);
 }

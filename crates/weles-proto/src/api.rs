@@ -107,6 +107,9 @@ pub struct VmStatus {
     pub violation: Option<serde_json::Value>,
     /// The vTPM's ECC EK certificate (DER, hex), issued by the manager's EK CA.
     pub ek_certificate: Option<String>,
+    /// The VM's SSH host key (OpenSSH), once the manager read it from the vTPM and accepted it.
+    #[serde(default)]
+    pub host_key: Option<String>,
 }
 
 /// A page of events (`GET /v1/vms/{vm}/events`).

@@ -20,7 +20,41 @@ pub const MAX_LOG_CHUNK: usize = MAX_FRAME - 9;
 const HELLO: u8 = 0x01;
 const LOG: u8 = 0x02;
 const LOG_ERROR: u8 = 0x03;
+const HOST_KEY: u8 = 0x04;
 const WANT: u8 = 0x81;
+const SIGNING_SETUP: u8 = 0x82;
+const HOST_KEY_RESULT: u8 = 0x83;
+
+/// What the guest needs to make the VM's host key in its vTPM (`docs/signing-gate.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningSetup {
+    /// The VM id: the policyRef of the host key's PolicySigned.
+    pub vm: String,
+    /// The manager's authority key A, TPMT_PUBLIC, hex.
+    pub authority: String,
+    /// The host key's authPolicy, hex (PolicySigned(A, vm)).
+    pub policy: String,
+    /// The persistent handle the host key lives at.
+    pub handle: u32,
+}
+
+/// The guest's answer to a [`SigningSetup`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostKeyReport {
+    /// The handle holding the host key, or `None` with `error` when it could not be made.
+    pub handle: Option<u32>,
+    pub error: Option<String>,
+}
+
+/// The manager's verdict on the reported host key, read from the vTPM itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostKeyResult {
+    pub accepted: bool,
+    /// Why not, when refused.
+    pub reason: String,
+    /// `SHA256:…` of the key, when accepted.
+    pub fingerprint: Option<String>,
+}
 
 /// The guest's first message after connecting, and again after it restarts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,13 +77,19 @@ pub enum GuestMessage {
     },
     /// The guest cannot read its IMA log; the text says why.
     LogError(String),
+    HostKey(HostKeyReport),
 }
 
 /// Manager → guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ManagerMessage {
     /// Send the log from byte `offset` on, then every byte appended to it, as it appears.
-    Want { offset: u64 },
+    Want {
+        offset: u64,
+    },
+    /// Make (or keep) the VM's host key in the vTPM, and report its handle.
+    SigningSetup(SigningSetup),
+    HostKeyResult(HostKeyResult),
 }
 
 /// Why a frame is not a valid message. Names the byte offset within the frame body.
@@ -89,6 +129,7 @@ impl GuestMessage {
                 out.extend_from_slice(text.as_bytes());
                 out
             }
+            GuestMessage::HostKey(r) => json_message(HOST_KEY, r),
         }
     }
 
@@ -128,9 +169,35 @@ impl GuestMessage {
             LOG_ERROR => Ok(GuestMessage::LogError(
                 String::from_utf8_lossy(&rest[..rest.len().min(4096)]).into_owned(),
             )),
+            HOST_KEY => {
+                let r: HostKeyReport = json_body("host key report", rest)?;
+                if r.error.as_ref().is_some_and(|e| e.len() > 4096) {
+                    return Err(MessageError::BadBody {
+                        what: "host key report",
+                        reason: "error text over 4 KiB".into(),
+                    });
+                }
+                Ok(GuestMessage::HostKey(r))
+            }
             kind => Err(MessageError::UnknownKind { kind }),
         }
     }
+}
+
+fn json_message(kind: u8, v: &impl Serialize) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&serde_json::to_vec(v).unwrap_or_default());
+    out
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    rest: &[u8],
+) -> Result<T, MessageError> {
+    serde_json::from_slice(rest).map_err(|e| MessageError::BadBody {
+        what,
+        reason: e.to_string(),
+    })
 }
 
 impl ManagerMessage {
@@ -141,6 +208,8 @@ impl ManagerMessage {
                 out.extend_from_slice(&offset.to_be_bytes());
                 out
             }
+            ManagerMessage::SigningSetup(s) => json_message(SIGNING_SETUP, s),
+            ManagerMessage::HostKeyResult(r) => json_message(HOST_KEY_RESULT, r),
         }
     }
 
@@ -157,6 +226,14 @@ impl ManagerMessage {
                     offset: u64::from_be_bytes(o),
                 })
             }
+            SIGNING_SETUP => Ok(ManagerMessage::SigningSetup(json_body(
+                "signing setup",
+                rest,
+            )?)),
+            HOST_KEY_RESULT => Ok(ManagerMessage::HostKeyResult(json_body(
+                "host key result",
+                rest,
+            )?)),
             kind => Err(MessageError::UnknownKind { kind }),
         }
     }
@@ -196,12 +273,11 @@ pub fn write_manager(w: &mut impl Write, msg: &ManagerMessage) -> io::Result<()>
 /// Fuzz entry point: decoding arbitrary bytes as either side's message never panics, and what
 /// decodes re-encodes to the same bytes (except lossy error text).
 pub fn fuzz_decode(data: &[u8]) {
-    if let Ok(m) = GuestMessage::decode(data)
-        && !matches!(m, GuestMessage::LogError(_) | GuestMessage::Hello(_))
-    {
+    // JSON and lossy text do not re-encode byte for byte; the binary messages do.
+    if let Ok(m @ GuestMessage::Log { .. }) = GuestMessage::decode(data) {
         assert_eq!(m.encode(), data);
     }
-    if let Ok(m) = ManagerMessage::decode(data) {
+    if let Ok(m @ ManagerMessage::Want { .. }) = ManagerMessage::decode(data) {
         assert_eq!(m.encode(), data);
     }
     let mut r = data;
@@ -225,6 +301,10 @@ mod tests {
                 bytes: vec![1, 2, 3],
             },
             GuestMessage::LogError("no securityfs".into()),
+            GuestMessage::HostKey(HostKeyReport {
+                handle: Some(0x8100_0100),
+                error: None,
+            }),
         ];
         let mut wire = Vec::new();
         for m in &msgs {
@@ -235,10 +315,28 @@ mod tests {
             assert_eq!(&read_guest(&mut r).unwrap().unwrap(), m);
         }
         assert!(read_guest(&mut r).unwrap().is_none());
-        let want = ManagerMessage::Want { offset: 1 << 40 };
+        let msgs = [
+            ManagerMessage::Want { offset: 1 << 40 },
+            ManagerMessage::SigningSetup(SigningSetup {
+                vm: "vm-1".into(),
+                authority: "0023".into(),
+                policy: "00".repeat(32),
+                handle: 0x8100_0100,
+            }),
+            ManagerMessage::HostKeyResult(HostKeyResult {
+                accepted: false,
+                reason: "wrong policy".into(),
+                fingerprint: None,
+            }),
+        ];
         let mut wire = Vec::new();
-        write_manager(&mut wire, &want).unwrap();
-        assert_eq!(read_manager(&mut &wire[..]).unwrap().unwrap(), want);
+        for m in &msgs {
+            write_manager(&mut wire, m).unwrap();
+        }
+        let mut r = &wire[..];
+        for m in &msgs {
+            assert_eq!(&read_manager(&mut r).unwrap().unwrap(), m);
+        }
     }
 
     #[test]

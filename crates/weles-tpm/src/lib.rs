@@ -11,6 +11,7 @@
 //! Everything here is computation; the TPM itself is the oracle: tests load these structures
 //! into libtpms (weles-vtpm) with tpm2-tools and require the TPM to agree.
 
+pub mod commands;
 pub mod host_key;
 pub mod policy;
 pub mod public;
