@@ -12,8 +12,8 @@ cd "$ROOT"
 
 ensure_rust
 # libtpms-dev: weles-vtpm links libtpms. tpm2-tools + the swtpm TCTI: interop tests. swtpm: the
-# host TPM of the monotonic-counter tests.
-ensure_packages openssh-client openssl coreutils python3 libtpms-dev tpm2-tools libtss2-tcti-swtpm0 swtpm
+# host TPM of the monotonic-counter tests. openssh-server: the SSH login tests start their own sshd.
+ensure_packages openssh-client openssh-server openssl coreutils python3 libtpms-dev tpm2-tools libtss2-tcti-swtpm0 swtpm
 start=$SECONDS
 
 log "cargo fmt --check"

@@ -10,7 +10,9 @@
 //! only with the manager's PolicySigned authorization — and reports where it lives.
 
 pub mod channel;
+pub mod gate;
 pub mod host_key;
+pub mod ssh_agent;
 pub mod stream;
 pub mod tpm;
 
@@ -32,6 +34,9 @@ pub struct Options {
     pub poll: Duration,
     /// Stop after the first connection ends instead of reconnecting (tests, one-shot use).
     pub once: bool,
+    /// Serve sshd's `HostKeyAgent` here (the host key in the vTPM, signing with the manager's
+    /// authorization).
+    pub agent_socket: Option<PathBuf>,
 }
 
 /// Runs the agent until the process is stopped (or, with `once`, the connection ends).
@@ -44,13 +49,19 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 opts.boot_id_file.display()
             )
         })?;
+    let gate = std::sync::Arc::new(gate::Gate::default());
+    if let Some(path) = &opts.agent_socket {
+        ssh_agent::serve(path, opts.tpm.clone(), gate.clone()).map_err(|e| {
+            anyhow::anyhow!("cannot serve the agent socket {}: {e}", path.display())
+        })?;
+    }
     let mut backoff = Duration::from_millis(50);
     loop {
         match channel::Channel::connect(&opts.channel) {
             Ok(ch) => {
                 backoff = Duration::from_millis(50);
                 eprintln!("weles-guest: connected to {}", opts.channel.display());
-                match stream::serve(ch, opts, &boot_id) {
+                match stream::serve(ch, opts, &boot_id, &gate) {
                     Ok(()) => eprintln!("weles-guest: the manager closed the channel"),
                     Err(e) => eprintln!("weles-guest: channel lost: {e}"),
                 }

@@ -34,6 +34,10 @@ struct Cli {
     /// Exit when the first connection ends instead of reconnecting.
     #[arg(long)]
     once: bool,
+    /// Serve an ssh-agent here for sshd's `HostKeyAgent`: the VM's host key, in the vTPM,
+    /// signing only with the manager's authorization.
+    #[arg(long)]
+    agent_socket: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +49,7 @@ fn main() -> std::process::ExitCode {
         boot_id_file: cli.boot_id_file,
         poll: Duration::from_millis(cli.poll_ms),
         once: cli.once,
+        agent_socket: cli.agent_socket,
     };
     match weles_guest::run(&opts) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,15 +6,18 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 
 use weles_proto::guest::{self, GuestMessage, Hello, HostKeyReport, ManagerMessage};
 
+use std::sync::{Arc, Mutex};
+
 use crate::Options;
 use crate::channel::Channel;
+use crate::gate::Gate;
 
 /// Bytes read from the log per message: small enough to keep latency low, large enough that a
 /// 10 MB log after a manager restart goes in a few hundred frames.
 const CHUNK: usize = 64 * 1024;
 
 /// Serves one connection until it ends.
-pub fn serve(mut ch: Channel, opts: &Options, boot_id: &str) -> io::Result<()> {
+pub fn serve(mut ch: Channel, opts: &Options, boot_id: &str, gate: &Gate) -> io::Result<()> {
     guest::write_guest(
         &mut ch,
         &GuestMessage::Hello(Hello {
@@ -23,12 +26,21 @@ pub fn serve(mut ch: Channel, opts: &Options, boot_id: &str) -> io::Result<()> {
             agent: format!("weles-guest {}", env!("CARGO_PKG_VERSION")),
         }),
     )?;
-    // The manager's requests arrive on their own thread so that a `Want` interrupts polling.
+    // The manager's messages arrive on their own thread so that a `Want` interrupts polling;
+    // authorizations go straight to the signing request waiting for them.
     let (tx, rx) = mpsc::channel::<io::Result<ManagerMessage>>();
     let mut reader = ch.try_clone()?;
+    let pending: crate::gate::Pending = Default::default();
+    let routes = pending.clone();
     std::thread::spawn(move || {
         loop {
             let msg = match guest::read_manager(&mut reader) {
+                Ok(Some(ManagerMessage::Authorization(a))) => {
+                    if let Some(waiter) = routes.lock().ok().and_then(|mut p| p.remove(&a.id)) {
+                        let _ = waiter.send(a);
+                    }
+                    continue;
+                }
                 Ok(Some(m)) => Ok(m),
                 Ok(None) => Err(io::ErrorKind::UnexpectedEof.into()),
                 Err(e) => Err(e),
@@ -39,8 +51,10 @@ pub fn serve(mut ch: Channel, opts: &Options, boot_id: &str) -> io::Result<()> {
             }
         }
     });
-
-    let result = pump(&mut ch, &rx, opts);
+    let writer = Arc::new(Mutex::new(ch.try_clone()?));
+    gate.connected(writer.clone(), pending);
+    let result = pump(&writer, &rx, opts, gate);
+    gate.disconnected();
     ch.shutdown();
     result
 }
@@ -52,10 +66,17 @@ struct Cursor {
 }
 
 fn pump(
-    ch: &mut Channel,
+    writer: &Mutex<Channel>,
     rx: &mpsc::Receiver<io::Result<ManagerMessage>>,
     opts: &Options,
+    gate: &Gate,
 ) -> io::Result<()> {
+    let send = |m: &GuestMessage| -> io::Result<()> {
+        let mut w = writer
+            .lock()
+            .map_err(|_| io::Error::other("channel writer poisoned"))?;
+        guest::write_guest(&mut *w, m)
+    };
     let mut cursor: Option<Cursor> = None;
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -67,7 +88,7 @@ fn pump(
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         let text = format!("reading {} failed: {e}", opts.ima_log.display());
-                        guest::write_guest(ch, &GuestMessage::LogError(text))?;
+                        send(&GuestMessage::LogError(text))?;
                         cursor = None;
                         break;
                     }
@@ -79,7 +100,7 @@ fn pump(
                     offset: c.offset,
                     bytes: buf[..n].to_vec(),
                 };
-                guest::write_guest(ch, &msg)?;
+                send(&msg)?;
                 c.offset += n as u64;
             }
         }
@@ -92,11 +113,12 @@ fn pump(
                         "cannot read {} from byte {offset}: {e}",
                         opts.ima_log.display()
                     );
-                    guest::write_guest(ch, &GuestMessage::LogError(text))?;
+                    send(&GuestMessage::LogError(text))?;
                     cursor = None;
                 }
             },
             Ok(Ok(ManagerMessage::SigningSetup(setup))) => {
+                gate.set_setup(setup.clone());
                 let report = match crate::tpm::Tpm::open(&opts.tpm)
                     .map_err(|e| format!("cannot open the TPM {}: {e}", opts.tpm.display()))
                     .and_then(|mut tpm| crate::host_key::ensure(&mut tpm, &setup))
@@ -110,7 +132,7 @@ fn pump(
                         error: Some(e),
                     },
                 };
-                guest::write_guest(ch, &GuestMessage::HostKey(report))?;
+                send(&GuestMessage::HostKey(report))?;
             }
             Ok(Ok(ManagerMessage::HostKeyResult(r))) => {
                 if r.accepted {
@@ -125,6 +147,7 @@ fn pump(
                     );
                 }
             }
+            Ok(Ok(ManagerMessage::Authorization(_))) => {} // routed by the reader
             Ok(Err(e)) => return Err(e),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(()),

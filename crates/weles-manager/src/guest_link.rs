@@ -85,6 +85,7 @@ fn read_loop(vm: &Arc<Vm>, mut conn: UnixStream) -> std::io::Result<()> {
                 );
             }
             Some(GuestMessage::HostKey(report)) => vm.on_host_key(report),
+            Some(GuestMessage::Authorize(req)) => vm.on_authorize(req),
         }
     }
 }

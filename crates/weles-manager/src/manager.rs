@@ -352,6 +352,7 @@ impl Manager {
                 handle: HOST_KEY_HANDLE,
             },
             policy,
+            authority: std::sync::Arc::new(a),
         })
     }
 

@@ -5,7 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use weles_policy::Policy;
-use weles_proto::guest::{self, Hello, HostKeyReport, HostKeyResult, ManagerMessage, SigningSetup};
+use weles_proto::guest::{
+    self, Authorization, AuthorizeRequest, Hello, HostKeyReport, HostKeyResult, ManagerMessage,
+    SigningSetup,
+};
 use weles_proto::vtpm_events::{Message, Record, Request};
 
 use crate::vtpm_link::Requester;
@@ -33,17 +36,26 @@ pub struct Vm {
     host_key: Mutex<Option<HostKeyInfo>>,
 }
 
-/// The host key's expected shape for this VM.
-#[derive(Clone, Debug)]
+/// The host key's expected shape for this VM, and the key that authorizes its use.
+#[derive(Clone)]
 pub struct Signing {
     pub setup: SigningSetup,
     pub policy: [u8; 32],
+    pub authority: Arc<weles_tpm::policy::AuthorityKey>,
 }
+
+/// How long (seconds after the session's nonce) an authorization is good for.
+pub const AUTHORIZATION_SECONDS: i32 = 10;
+/// How long a signing request waits for a VM that is `pending` to become compliant.
+const PENDING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// An accepted host key.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct HostKeyInfo {
     pub handle: u32,
+    /// The key's TPM name (nameAlg ‖ digest), which a cpHash binds.
+    #[serde(skip)]
+    pub name: Vec<u8>,
     /// `ecdsa-sha2-nistp256 AAAA…`.
     pub openssh: String,
     pub fingerprint: String,
@@ -137,6 +149,92 @@ impl Vm {
             });
     }
 
+    /// The guest asks to use the host key once. Granted only for this VM's accepted host key,
+    /// only while the VM is compliant after every vTPM event so far (a read over the event
+    /// socket is the barrier), only for TPM2_Sign of that digest in that session. Every answer
+    /// is recorded in the audit log.
+    pub fn on_authorize(self: &Arc<Self>, req: AuthorizeRequest) {
+        let vm = self.clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("authz-{}", self.id))
+            .spawn(move || {
+                let answer = vm.authorize(&req).unwrap_or_else(|reason| Authorization {
+                    id: req.id,
+                    granted: false,
+                    reason,
+                    signature: String::new(),
+                    expiration: 0,
+                    policy_ref: String::new(),
+                    cp_hash: String::new(),
+                });
+                if let Some(audit) = &vm.audit {
+                    let tenant = Some(vm.tenant.as_str()).filter(|t| !t.is_empty());
+                    let event = serde_json::json!({
+                        "granted": answer.granted,
+                        "reason": answer.reason,
+                        "digest": req.digest,
+                    });
+                    if let Err(e) = audit.append("authorization", Some(&vm.id), tenant, event, None)
+                    {
+                        eprintln!("welesd: vm {}: cannot record an authorization: {e}", vm.id);
+                    }
+                }
+                vm.send(&ManagerMessage::Authorization(answer));
+            });
+    }
+
+    fn authorize(&self, req: &AuthorizeRequest) -> Result<Authorization, String> {
+        let signing = self
+            .signing
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .ok_or("signing is not set up for this VM")?;
+        let key = self
+            .host_key()
+            .ok_or("no host key has been accepted for this VM")?;
+        if req.handle != key.handle {
+            return Err(format!("{:#x} is not this VM's host key", req.handle));
+        }
+        let nonce = hex::decode(&req.nonce_tpm).map_err(|_| "nonceTPM is not hex")?;
+        let digest = hex::decode(&req.digest).map_err(|_| "digest is not hex")?;
+        if nonce.len() < 16 || digest.len() != 32 {
+            return Err("nonceTPM must be at least 16 bytes and the digest 32".into());
+        }
+        // Barrier: the answer comes after every event the vTPM recorded before it.
+        self.requester.request(
+            &Request::ReadPcrs { pcr: 10 },
+            std::time::Duration::from_secs(2),
+        )?;
+        let deadline = Instant::now() + PENDING_WAIT;
+        loop {
+            let st = self.status().ok_or("monitor unavailable")?;
+            match st.state {
+                crate::monitor::VmState::Compliant => break,
+                crate::monitor::VmState::Pending if Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                state => {
+                    return Err(format!("the VM is {}: {}", state.as_str(), st.reason));
+                }
+            }
+        }
+        let cp = weles_tpm::policy::sign_cp_hash(&key.name, &digest);
+        let policy_ref = signing.setup.vm.as_bytes();
+        let sig = signing
+            .authority
+            .authorize(&nonce, AUTHORIZATION_SECONDS, &cp, policy_ref);
+        Ok(Authorization {
+            id: req.id,
+            granted: true,
+            reason: String::new(),
+            signature: hex::encode(weles_tpm::policy::tpmt_signature(&sig)),
+            expiration: AUTHORIZATION_SECONDS,
+            policy_ref: hex::encode(policy_ref),
+            cp_hash: hex::encode(cp),
+        })
+    }
+
     fn check_host_key(&self, handle: u32) -> Result<HostKeyInfo, String> {
         let policy = self
             .signing
@@ -148,10 +246,11 @@ impl Vm {
             &Request::ReadPublic { handle },
             std::time::Duration::from_secs(5),
         )?;
-        let public = match answer {
-            Message::Public { public, .. } => {
-                hex::decode(public).map_err(|_| "the vTPM's answer is not hex")?
-            }
+        let (public, name) = match answer {
+            Message::Public { public, name, .. } => (
+                hex::decode(public).map_err(|_| "the vTPM's answer is not hex")?,
+                hex::decode(name).map_err(|_| "the vTPM's answer is not hex")?,
+            ),
             Message::Error { error } => {
                 return Err(format!("the vTPM has no key at {handle:#x}: {error}"));
             }
@@ -166,8 +265,12 @@ impl Vm {
         let ecdsa =
             ssh_key::public::EcdsaPublicKey::from_sec1_bytes(&sec1).map_err(|e| e.to_string())?;
         let ssh = ssh_key::PublicKey::from(ssh_key::public::KeyData::Ecdsa(ecdsa));
+        if name != key.name() {
+            return Err("the vTPM's name for the key is not its public area's".into());
+        }
         Ok(HostKeyInfo {
             handle,
+            name,
             openssh: ssh.to_openssh().map_err(|e| e.to_string())?,
             fingerprint: ssh.fingerprint(ssh_key::HashAlg::Sha256).to_string(),
         })

@@ -27,11 +27,18 @@ pub struct Requester {
 }
 
 impl Requester {
-    /// Sends `req` and waits up to `timeout` for its answer.
+    /// Sends `req` and waits up to `timeout` for its answer (and, before that, for the link to
+    /// be connected: it may be reconnecting).
     pub fn request(&self, req: &Request, timeout: Duration) -> Result<Message, String> {
+        let deadline = std::time::Instant::now() + timeout;
         let (tx, rx) = mpsc::channel();
         {
             let mut out = self.out.lock().map_err(|_| "vTPM link poisoned")?;
+            while out.is_none() && std::time::Instant::now() < deadline {
+                drop(out);
+                std::thread::sleep(Duration::from_millis(10));
+                out = self.out.lock().map_err(|_| "vTPM link poisoned")?;
+            }
             let s = out
                 .as_mut()
                 .ok_or("the vTPM's event socket is not connected")?;
@@ -43,7 +50,7 @@ impl Requester {
             s.write_all(&vtpm_events::frame(req))
                 .map_err(|e| format!("asking the vTPM: {e}"))?;
         }
-        rx.recv_timeout(timeout)
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
             .map_err(|_| "the vTPM did not answer".to_owned())
     }
 

@@ -65,7 +65,11 @@ impl Env {
         let child = Command::new(env!("CARGO_BIN_EXE_welesd"))
             .arg("--config")
             .arg(self.dir.join("welesd.toml"))
-            .stderr(Stdio::null())
+            .stderr(if std::env::var_os("WELES_TEST_VERBOSE").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -151,6 +155,11 @@ impl Env {
     }
 
     fn boot_with(&self, vm: &str, boot_id: &str, with_tpm: bool) -> Running {
+        self.boot_agent(vm, boot_id, with_tpm, None)
+    }
+
+    /// As `boot_with`, the agent also serving sshd's `HostKeyAgent` at `agent`.
+    fn boot_agent(&self, vm: &str, boot_id: &str, with_tpm: bool, agent: Option<&Path>) -> Running {
         // A VM just created: its vTPM may still be starting.
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(self.vm_path(vm, "data.sock")).is_err() {
@@ -179,6 +188,11 @@ impl Env {
                 })
                 .arg("--boot-id-file")
                 .arg(&id)
+                .args(
+                    agent
+                        .map(|a| vec![std::ffi::OsString::from("--agent-socket"), a.into()])
+                        .unwrap_or_default(),
+                )
                 .stderr(if std::env::var_os("WELES_TEST_VERBOSE").is_some() {
                     Stdio::inherit()
                 } else {
@@ -895,5 +909,151 @@ fn the_host_key_is_made_in_the_vtpm_read_back_checked_and_shown_or_refused() {
         Some(blob(&key))
     );
     let _ = log;
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// sshd from Debian's openssh-server on a loopback port, with its own configuration: its host
+/// key is the VM's, held by weles-guest's agent (`HostKeyAgent`), nothing else.
+struct Sshd {
+    _child: Kill,
+    port: u16,
+}
+
+fn start_sshd(env: &Env, host_pub: &Path, agent: &Path) -> Sshd {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = &env.dir;
+    env.sh("ssh-keygen -q -t ed25519 -N '' -C user -f userkey && cp userkey.pub authorized_keys");
+    std::fs::create_dir_all("/run/sshd").unwrap(); // sshd's privilege separation directory
+    let cfg = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nHostKeyAgent {}\n\
+         HostKeyAlgorithms ecdsa-sha2-nistp256\nAuthorizedKeysFile {}/authorized_keys\n\
+         PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+         UsePAM no\nStrictModes no\nPidFile none\nPermitRootLogin prohibit-password\n",
+        host_pub.display(),
+        agent.display(),
+        d.display()
+    );
+    std::fs::write(d.join("sshd_config"), cfg).unwrap();
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(d.join("sshd_config"))
+        .stderr(if std::env::var_os("WELES_TEST_VERBOSE").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .expect("sshd (openssh-server) is installed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sshd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Sshd {
+        _child: Kill(child),
+        port,
+    }
+}
+
+/// A stock ssh login that trusts exactly the VM's host key; returns (success, stderr).
+fn ssh_login(env: &Env, sshd: &Sshd) -> (bool, String) {
+    let o = Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-p",
+            &sshd.port.to_string(),
+            "-i",
+            "userkey",
+        ])
+        .args([
+            "-o",
+            "UserKnownHostsFile=known_hosts",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
+        .args([
+            "-o",
+            "HostKeyAlgorithms=ecdsa-sha2-nistp256",
+            "-o",
+            "BatchMode=yes",
+        ])
+        .args(["-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10"])
+        .args(["root@127.0.0.1", "echo", "weles-login-ok"])
+        .current_dir(&env.dir)
+        .output()
+        .unwrap();
+    let ok = o.status.success() && String::from_utf8_lossy(&o.stdout).contains("weles-login-ok");
+    (ok, String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn a_stock_ssh_login_succeeds_only_while_the_vm_complies() {
+    let (env, _welesd) = setup("ssh");
+    env.vm_with_policy("web");
+    let agent = env.dir.join("agent.sock");
+    let vm = env.boot_agent("web", "boot-1", true, Some(&agent));
+    let Running {
+        data, log, _guest, ..
+    } = vm;
+    let mut data = Some(data);
+    for (e, raw) in &split(&real_log()) {
+        support::measure(&log, data.as_mut().unwrap(), e, raw, true, true);
+    }
+    // The vTPM serves one data connection at a time: the agent needs it for the host key and
+    // for every signature, so the test (playing the kernel) holds it only while measuring.
+    drop(data.take());
+    let s = env.wait_vm("web", |s| {
+        s["host_key"].is_string() && s["state"] == "compliant"
+    });
+    let key = s["host_key"].as_str().unwrap().to_owned();
+    std::fs::write(env.dir.join("hostkey.pub"), format!("{key}\n")).unwrap();
+    // sshd looks for a private key at the HostKey path first and minds its mode.
+    std::fs::set_permissions(
+        env.dir.join("hostkey.pub"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let blob = key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let sshd = start_sshd(&env, &env.dir.join("hostkey.pub"), &agent);
+    std::fs::write(
+        env.dir.join("known_hosts"),
+        format!("[127.0.0.1]:{} {blob}\n", sshd.port),
+    )
+    .unwrap();
+
+    let (ok, err) = ssh_login(&env, &sshd);
+    assert!(ok, "a compliant VM's login fails: {err}");
+
+    // The VM runs an unlisted file: the next login fails — sshd cannot sign the key exchange.
+    let mut d = UnixStream::connect(env.vm_path("web", "data.sock")).unwrap();
+    let (miner, raw) = split(&unlisted_entry()).remove(0);
+    support::measure(&log, &mut d, &miner, &raw, true, true);
+    drop(d);
+    env.wait_vm("web", |s| s["state"] == "violated");
+    let (ok, err) = ssh_login(&env, &sshd);
+    assert!(!ok, "a violated VM's login succeeds");
+    assert!(!err.contains("Host key verification failed"), "{err}");
+
+    // Both decisions are in the audit log, sealed for the tenant.
+    env.ok("acme", &["audit", "key", "-o", "acme.audit-key"]);
+    let shown = env.ok(
+        "acme",
+        &[
+            "audit",
+            "verify",
+            env.dir.join("state/audit.log").to_str().unwrap(),
+            "--tenant-key",
+            "acme.audit-key",
+            "--vm",
+            "web",
+        ],
+    );
+    assert!(shown.contains("\"granted\":true"), "{shown}");
+    assert!(shown.contains("\"granted\":false"), "{shown}");
     let _ = std::fs::remove_dir_all(&env.dir);
 }

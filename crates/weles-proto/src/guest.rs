@@ -21,9 +21,40 @@ const HELLO: u8 = 0x01;
 const LOG: u8 = 0x02;
 const LOG_ERROR: u8 = 0x03;
 const HOST_KEY: u8 = 0x04;
+const AUTHORIZE: u8 = 0x05;
 const WANT: u8 = 0x81;
 const SIGNING_SETUP: u8 = 0x82;
 const HOST_KEY_RESULT: u8 = 0x83;
+const AUTHORIZATION: u8 = 0x84;
+
+/// The guest asks for one use of the host key: TPM2_Sign of `digest` in the policy session
+/// whose nonceTPM is given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizeRequest {
+    /// Chosen by the guest; the answer carries it back.
+    pub id: u64,
+    pub handle: u32,
+    /// Hex.
+    pub nonce_tpm: String,
+    /// The digest to sign, hex (32 bytes).
+    pub digest: String,
+}
+
+/// The manager's answer: A's signature for TPM2_PolicySigned, or why not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authorization {
+    pub id: u64,
+    pub granted: bool,
+    /// Why not, when refused.
+    pub reason: String,
+    /// TPMT_SIGNATURE by A, hex (when granted).
+    pub signature: String,
+    pub expiration: i32,
+    /// The policyRef (the VM id), hex.
+    pub policy_ref: String,
+    /// The cpHash the signature covers (of that TPM2_Sign), hex.
+    pub cp_hash: String,
+}
 
 /// What the guest needs to make the VM's host key in its vTPM (`docs/signing-gate.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +109,7 @@ pub enum GuestMessage {
     /// The guest cannot read its IMA log; the text says why.
     LogError(String),
     HostKey(HostKeyReport),
+    Authorize(AuthorizeRequest),
 }
 
 /// Manager → guest.
@@ -90,6 +122,7 @@ pub enum ManagerMessage {
     /// Make (or keep) the VM's host key in the vTPM, and report its handle.
     SigningSetup(SigningSetup),
     HostKeyResult(HostKeyResult),
+    Authorization(Authorization),
 }
 
 /// Why a frame is not a valid message. Names the byte offset within the frame body.
@@ -130,6 +163,7 @@ impl GuestMessage {
                 out
             }
             GuestMessage::HostKey(r) => json_message(HOST_KEY, r),
+            GuestMessage::Authorize(r) => json_message(AUTHORIZE, r),
         }
     }
 
@@ -179,6 +213,16 @@ impl GuestMessage {
                 }
                 Ok(GuestMessage::HostKey(r))
             }
+            AUTHORIZE => {
+                let r: AuthorizeRequest = json_body("authorize", rest)?;
+                if r.nonce_tpm.len() > 128 || r.digest.len() > 128 {
+                    return Err(MessageError::BadBody {
+                        what: "authorize",
+                        reason: "nonce or digest over 64 bytes".into(),
+                    });
+                }
+                Ok(GuestMessage::Authorize(r))
+            }
             kind => Err(MessageError::UnknownKind { kind }),
         }
     }
@@ -210,6 +254,7 @@ impl ManagerMessage {
             }
             ManagerMessage::SigningSetup(s) => json_message(SIGNING_SETUP, s),
             ManagerMessage::HostKeyResult(r) => json_message(HOST_KEY_RESULT, r),
+            ManagerMessage::Authorization(a) => json_message(AUTHORIZATION, a),
         }
     }
 
@@ -232,6 +277,10 @@ impl ManagerMessage {
             )?)),
             HOST_KEY_RESULT => Ok(ManagerMessage::HostKeyResult(json_body(
                 "host key result",
+                rest,
+            )?)),
+            AUTHORIZATION => Ok(ManagerMessage::Authorization(json_body(
+                "authorization",
                 rest,
             )?)),
             kind => Err(MessageError::UnknownKind { kind }),

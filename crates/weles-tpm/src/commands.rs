@@ -14,6 +14,10 @@ pub const CC_LOAD: u32 = 0x157;
 pub const CC_EVICT_CONTROL: u32 = 0x120;
 pub const CC_FLUSH_CONTEXT: u32 = 0x165;
 pub const CC_READ_PUBLIC: u32 = 0x173;
+pub const CC_START_AUTH_SESSION: u32 = 0x176;
+pub const CC_LOAD_EXTERNAL: u32 = 0x167;
+pub const TPM_SE_POLICY: u8 = 0x01;
+
 /// TPM_RC_HANDLE for handle 1 (no object at that handle).
 pub const RC_HANDLE_1: u32 = 0x18b;
 
@@ -123,6 +127,68 @@ pub fn read_public(handle: u32) -> Vec<u8> {
     command(CC_READ_PUBLIC, &[handle], 0, &[])
 }
 
+/// An unsalted, unbound policy session with SHA-256 and no parameter encryption.
+pub fn start_policy_session(nonce_caller: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    tpm2b(&mut p, nonce_caller);
+    tpm2b(&mut p, &[]); // encryptedSalt
+    p.push(TPM_SE_POLICY);
+    p.extend_from_slice(&ALG_NULL.to_be_bytes()); // symmetric
+    p.extend_from_slice(&ALG_SHA256.to_be_bytes());
+    command(CC_START_AUTH_SESSION, &[RH_NULL, RH_NULL], 0, &p)
+}
+
+/// Loads a public area alone (no private part) in the NULL hierarchy: A, to check signatures.
+pub fn load_external_public(public: &EccPublic) -> Vec<u8> {
+    let mut p = vec![0, 0]; // no sensitive part
+    tpm2b(&mut p, &public.marshal());
+    p.extend_from_slice(&RH_NULL.to_be_bytes());
+    command(CC_LOAD_EXTERNAL, &[], 0, &p)
+}
+
+/// TPM2_PolicySigned with `auth_object` (A) over `session`.
+pub fn policy_signed(
+    auth_object: u32,
+    session: u32,
+    nonce_tpm: &[u8],
+    cp_hash: &[u8],
+    policy_ref: &[u8],
+    expiration: i32,
+    signature: &[u8],
+) -> Vec<u8> {
+    let mut p = Vec::new();
+    tpm2b(&mut p, nonce_tpm);
+    tpm2b(&mut p, cp_hash);
+    tpm2b(&mut p, policy_ref);
+    p.extend_from_slice(&expiration.to_be_bytes());
+    p.extend_from_slice(signature);
+    command(CC_POLICY_SIGNED, &[auth_object, session], 0, &p)
+}
+
+/// TPM2_Sign of `digest` with `key`, authorized by the policy `session` (which ends with it).
+pub fn sign_with_policy(key: u32, session: u32, digest: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    tpm2b(&mut p, digest);
+    p.extend_from_slice(&ALG_ECDSA.to_be_bytes());
+    p.extend_from_slice(&ALG_SHA256.to_be_bytes());
+    p.extend_from_slice(&ST_HASHCHECK.to_be_bytes());
+    p.extend_from_slice(&RH_NULL.to_be_bytes());
+    p.extend_from_slice(&0u16.to_be_bytes());
+    let mut body = Vec::new();
+    body.extend_from_slice(&key.to_be_bytes());
+    // Authorization area: the policy session, no nonce, no attributes, no HMAC.
+    let area = [&session.to_be_bytes()[..], &[0, 0, 0, 0, 0][..]].concat();
+    body.extend_from_slice(&(area.len() as u32).to_be_bytes());
+    body.extend_from_slice(&area);
+    body.extend_from_slice(&p);
+    let mut c = Vec::with_capacity(10 + body.len());
+    c.extend_from_slice(&TPM_ST_SESSIONS.to_be_bytes());
+    c.extend_from_slice(&((10 + body.len()) as u32).to_be_bytes());
+    c.extend_from_slice(&CC_SIGN.to_be_bytes());
+    c.extend_from_slice(&body);
+    c
+}
+
 /// Why a response is not what was asked for.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ResponseError {
@@ -203,6 +269,28 @@ pub fn parse_create(resp: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ResponseError> {
     let private = c.tpm2b()?.to_vec();
     let public = c.tpm2b()?.to_vec();
     Ok((private, public))
+}
+
+/// (session handle, nonceTPM) of a StartAuthSession response.
+pub fn parse_start_auth_session(resp: &[u8]) -> Result<(u32, Vec<u8>), ResponseError> {
+    let (mut c, _) = open(resp)?;
+    let handle = c.u32()?;
+    Ok((handle, c.tpm2b()?.to_vec()))
+}
+
+/// (r, s) of a Sign response's ECDSA signature.
+pub fn parse_sign(resp: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ResponseError> {
+    let (mut c, tag) = open(resp)?;
+    if tag == TPM_ST_SESSIONS {
+        c.u32()?; // parameterSize
+    }
+    let at = c.at;
+    if c.u16()? != ALG_ECDSA || c.u16()? != ALG_SHA256 {
+        return Err(ResponseError::Malformed(at));
+    }
+    let r = c.tpm2b()?.to_vec();
+    let s = c.tpm2b()?.to_vec();
+    Ok((r, s))
 }
 
 /// (TPMT_PUBLIC, name) of a ReadPublic response.
