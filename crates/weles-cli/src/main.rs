@@ -45,6 +45,9 @@ enum Command {
     Vm(tenant_cmd::VmCommand),
     /// Operate a host's welesd: tenants, VMs, health (local socket, root).
     Operator(operator_cmd::OperatorArgs),
+    /// Write the known_hosts line and ssh_config block that let stock ssh trust your VM's
+    /// host certificate (and re-key often, so sessions to a VM that stops complying die).
+    SshConfig(tenant_cmd::SshConfigArgs),
     /// Your webhook at the trusted manager: set, show, delete.
     #[command(subcommand)]
     Webhook(tenant_cmd::WebhookCommand),
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Vm(c) => tenant_cmd::vm(c),
         Command::Audit(c) => audit_cmd::run(c),
         Command::Webhook(c) => tenant_cmd::webhook(c),
+        Command::SshConfig(a) => tenant_cmd::ssh_config(a),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

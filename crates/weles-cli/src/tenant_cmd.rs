@@ -261,6 +261,14 @@ pub fn vm(cmd: VmCommand) -> anyhow::Result<Outcome> {
                     Some(k) => println!("  SSH host key (in the vTPM): {k}"),
                     None => println!("  SSH host key: none accepted yet"),
                 }
+                if !v.hostnames.is_empty() {
+                    let cert = if v.host_certificate.is_some() {
+                        "certified"
+                    } else {
+                        "not certified yet"
+                    };
+                    println!("  host names: {} ({cert})", v.hostnames.join(", "));
+                }
             }
             Ok(if v.state == "compliant" {
                 Outcome::Success
@@ -436,4 +444,99 @@ pub fn webhook(cmd: WebhookCommand) -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::Success)
+}
+
+#[derive(Args)]
+pub struct SshConfigArgs {
+    /// The VM.
+    vm: String,
+    /// How often open sessions re-key (and so how soon one to a VM that stopped complying
+    /// dies): an OpenSSH time like 60s or 5m.
+    #[arg(long, default_value = "60s")]
+    rekey: String,
+    /// Write the files under $WELES_HOME/ssh (known_hosts, VM.conf) instead of printing them.
+    #[arg(long)]
+    write: bool,
+}
+
+/// The known_hosts line and ssh_config block that make stock OpenSSH check a VM's host
+/// certificate against the tenant's CA (taken only from the manager trusted with
+/// `weles manager trust`).
+pub fn ssh_config(a: SshConfigArgs) -> anyhow::Result<Outcome> {
+    let rekey_secs = rekey_seconds(&a.rekey)
+        .with_context(|| format!("--rekey {:?}: expected a time like 60s, 5m or 1h", a.rekey))?;
+    let (_t, mut conn, signer) = connect()?;
+    let r = conn.request("GET", "/v1/ssh-ca", b"", Some(&signer))?;
+    let ca: serde_json::Value = manager_client::json(&r)?;
+    let ca = ca["public_key"]
+        .as_str()
+        .context("the manager sent no CA key")?
+        .to_owned();
+    let mut conn = Connection::open(&_t.url, Some(pin_of(&_t)?))?;
+    let r = conn.request("GET", &format!("/v1/vms/{}", a.vm), b"", Some(&signer))?;
+    let vm: VmStatus = manager_client::json(&r)?;
+    if vm.hostnames.is_empty() {
+        bail!(
+            "VM {} has no host names: its policy's [ssh] hostnames is empty",
+            a.vm
+        );
+    }
+    let dir = manager_client::home()?.join("ssh");
+    let known = dir.join("known_hosts");
+    let known_line = format!("@cert-authority {} {ca}", vm.hostnames.join(","));
+    let block = format!(
+        "# WELES: {vm} is trusted only through certificates from your SSH CA at the manager,\n\
+         # and sessions re-key every {rekey} (a VM that stops complying cannot re-key); the\n\
+         # keepalives make idle sessions re-key too.\n\
+         Host {hosts}\n    HostKeyAlgorithms ecdsa-sha2-nistp256-cert-v01@openssh.com\n    \
+         UserKnownHostsFile {known}\n    StrictHostKeyChecking yes\n    RekeyLimit default {rekey}\n    \
+         ServerAliveInterval {rekey_secs}\n",
+        vm = a.vm,
+        rekey = a.rekey,
+        rekey_secs = rekey_secs,
+        hosts = vm.hostnames.join(" "),
+        known = known.display(),
+    );
+    if !a.write {
+        println!("# known_hosts ({}):\n{known_line}\n", known.display());
+        println!("# ssh_config:\n{block}");
+        return Ok(Outcome::Success);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    // Replace this CA's line for these hosts; keep everything else.
+    let old = std::fs::read_to_string(&known).unwrap_or_default();
+    let mut lines: Vec<&str> = old
+        .lines()
+        .filter(|l| *l != known_line && !l.is_empty())
+        .collect();
+    lines.push(&known_line);
+    std::fs::write(&known, lines.join("\n") + "\n").with_context(|| known.display().to_string())?;
+    let conf = dir.join(format!("{}.conf", a.vm));
+    std::fs::write(&conf, &block).with_context(|| conf.display().to_string())?;
+    println!("wrote {} and {}", known.display(), conf.display());
+    println!(
+        "use it with: ssh -F {} {}   (or add `Include {}` to ~/.ssh/config)",
+        conf.display(),
+        vm.hostnames[0],
+        conf.display()
+    );
+    Ok(Outcome::Success)
+}
+
+/// `60s`, `5m`, `1h` (or bare seconds) → seconds.
+fn rekey_seconds(t: &str) -> Option<u64> {
+    let (n, mult) = match t.chars().last()? {
+        's' => (&t[..t.len() - 1], 1),
+        'm' => (&t[..t.len() - 1], 60),
+        'h' => (&t[..t.len() - 1], 3600),
+        _ => (t, 1),
+    };
+    n.parse::<u64>().ok().filter(|n| *n > 0).map(|n| n * mult)
+}
+
+fn pin_of(t: &Trust) -> anyhow::Result<[u8; 32]> {
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(&t.tls_spki_sha256, &mut pin)
+        .context("the trust file's tls_spki_sha256")?;
+    Ok(pin)
 }

@@ -37,6 +37,10 @@ pub struct Options {
     /// Serve sshd's `HostKeyAgent` here (the host key in the vTPM, signing with the manager's
     /// authorization).
     pub agent_socket: Option<PathBuf>,
+    /// Where to keep the host certificate the manager issues (sshd's `HostCertificate`).
+    pub host_certificate: Option<PathBuf>,
+    /// A shell command run after each new certificate (e.g. `systemctl reload ssh`).
+    pub on_certificate: Option<String>,
 }
 
 /// Runs the agent until the process is stopped (or, with `once`, the connection ends).

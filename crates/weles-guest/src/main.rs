@@ -38,6 +38,12 @@ struct Cli {
     /// signing only with the manager's authorization.
     #[arg(long)]
     agent_socket: Option<PathBuf>,
+    /// Keep the host certificate the manager issues here, for sshd's `HostCertificate`.
+    #[arg(long)]
+    host_certificate: Option<PathBuf>,
+    /// A shell command to run after each new certificate, e.g. "systemctl reload ssh".
+    #[arg(long)]
+    on_certificate: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +56,8 @@ fn main() -> std::process::ExitCode {
         poll: Duration::from_millis(cli.poll_ms),
         once: cli.once,
         agent_socket: cli.agent_socket,
+        host_certificate: cli.host_certificate,
+        on_certificate: cli.on_certificate,
     };
     match weles_guest::run(&opts) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -126,7 +126,7 @@ fn handle(msg: &[u8], tpm: &Path, gate: &Gate) -> Result<Vec<u8>, String> {
             let blob = take_string(&mut c)?;
             let data = take_string(&mut c)?;
             let (_, public) = host_key(tpm, gate)?;
-            if blob != key_blob(&public) {
+            if !is_our_key(blob, &public) {
                 return Err("asked to sign with a key this agent does not hold".into());
             }
             // ecdsa-sha2-nistp256 signs SHA-256 of the data.
@@ -144,6 +144,29 @@ fn handle(msg: &[u8], tpm: &Path, gate: &Gate) -> Result<Vec<u8>, String> {
         }
         other => Err(format!("unsupported agent request {other}")),
     }
+}
+
+/// Whether `blob` is our key, plain or inside an OpenSSH certificate (sshd names the
+/// certificate when it re-keys with one).
+fn is_our_key(blob: &[u8], public: &EccPublic) -> bool {
+    if blob == key_blob(public) {
+        return true;
+    }
+    let mut c = blob;
+    let (Ok(kind), Ok(_nonce), Ok(curve), Ok(q)) = (
+        take_string(&mut c),
+        take_string(&mut c),
+        take_string(&mut c),
+        take_string(&mut c),
+    ) else {
+        return false;
+    };
+    let mut ours = vec![0x04];
+    ours.extend_from_slice(&public.x);
+    ours.extend_from_slice(&public.y);
+    kind == b"ecdsa-sha2-nistp256-cert-v01@openssh.com"
+        && curve == b"nistp256"
+        && q == ours.as_slice()
 }
 
 fn take_string<'a>(c: &mut &'a [u8]) -> Result<&'a [u8], String> {

@@ -148,6 +148,11 @@ fn pump(
                 }
             }
             Ok(Ok(ManagerMessage::Authorization(_))) => {} // routed by the reader
+            Ok(Ok(ManagerMessage::HostCertificate { certificate })) => {
+                if let Err(e) = install_certificate(opts, &certificate) {
+                    eprintln!("weles-guest: host certificate: {e}");
+                }
+            }
             Ok(Err(e)) => return Err(e),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
@@ -168,4 +173,26 @@ fn open_at(path: &std::path::Path, offset: u64) -> io::Result<Cursor> {
         }
     }
     Ok(Cursor { file, offset })
+}
+
+/// Writes the certificate where sshd reads it (atomically), then runs the reload command.
+fn install_certificate(opts: &Options, certificate: &str) -> Result<(), String> {
+    let Some(path) = &opts.host_certificate else {
+        return Ok(());
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{}\n", certificate.trim()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(cmd) = &opts.on_certificate {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .map_err(|e| format!("{cmd}: {e}"))?;
+        if !status.success() {
+            return Err(format!("{cmd}: {status}"));
+        }
+    }
+    Ok(())
 }

@@ -340,8 +340,8 @@ impl Manager {
         Ok(weles_tpm::policy::AuthorityKey::new(key))
     }
 
-    /// What VM `name`'s host key must be and where it lives.
-    fn signing_for(&self, name: &str) -> anyhow::Result<crate::vm::Signing> {
+    /// What VM `name` (of `tenant`)'s host key must be, where it lives, who certifies it.
+    fn signing_for(&self, name: &str, tenant: &str) -> anyhow::Result<crate::vm::Signing> {
         let a = self.authority()?;
         let policy = a.host_key_policy(name);
         Ok(crate::vm::Signing {
@@ -353,7 +353,26 @@ impl Manager {
             },
             policy,
             authority: std::sync::Arc::new(a),
+            ca: std::sync::Arc::new(self.tenant_ca_key(tenant)?),
+            manager: self.manager_fingerprint(),
         })
+    }
+
+    fn tenant_ca_key(&self, tenant: &str) -> anyhow::Result<ssh_key::PrivateKey> {
+        self.with_store(|s| {
+            s.secrets()
+                .tenant_cas
+                .get(tenant)
+                .map(|pem| crate::identity::load_ssh_key(pem))
+        })
+        .ok_or_else(|| anyhow::anyhow!("tenant {tenant} has no SSH CA"))?
+        .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    fn manager_fingerprint(&self) -> String {
+        ssh_key::PublicKey::from_openssh(&self.manager_public_key())
+            .map(|k| k.fingerprint(ssh_key::HashAlg::Sha256).to_string())
+            .unwrap_or_default()
     }
 
     /// The tenant's audit key, hex: it opens the tenant's records in the audit log.
@@ -613,6 +632,8 @@ impl Manager {
             violation: st.violation.and_then(|v| serde_json::to_value(v).ok()),
             ek_certificate: ek,
             host_key: vm.host_key().map(|h| h.openssh),
+            host_certificate: vm.host_certificate().map(|c| c.openssh),
+            hostnames: vm.hostnames(),
         })
     }
 
@@ -826,7 +847,7 @@ impl Manager {
         if let Some((seq, _)) = checkpoint {
             vm.note_last_event(*seq);
         }
-        vm.enable_signing(self.signing_for(&rec.name)?);
+        vm.enable_signing(self.signing_for(&rec.name, &rec.tenant)?);
         if let Some(p) = &rec.policy {
             let policy = Policy::load(p.policy.as_bytes(), &format!("policy of VM {}", rec.name))?;
             vm.set_policy(Arc::new(policy));

@@ -176,6 +176,11 @@ impl Monitor {
         self.state
     }
 
+    /// The policy in force.
+    pub fn policy(&self) -> Option<Arc<Policy>> {
+        self.policy.clone()
+    }
+
     pub fn status(&self) -> Status {
         Status {
             state: self.state,

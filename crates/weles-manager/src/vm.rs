@@ -34,6 +34,8 @@ pub struct Vm {
     signing: Mutex<Option<Signing>>,
     /// The host key the manager read from the vTPM and accepted.
     host_key: Mutex<Option<HostKeyInfo>>,
+    /// Its current certificate.
+    host_cert: Mutex<Option<HostCertificate>>,
 }
 
 /// The host key's expected shape for this VM, and the key that authorizes its use.
@@ -42,6 +44,19 @@ pub struct Signing {
     pub setup: SigningSetup,
     pub policy: [u8; 32],
     pub authority: Arc<weles_tpm::policy::AuthorityKey>,
+    /// The tenant's SSH CA, which certifies the host key.
+    pub ca: Arc<ssh_key::PrivateKey>,
+    /// The manager key's fingerprint, stated in certificates.
+    pub manager: String,
+}
+
+/// A host certificate handed out.
+#[derive(Clone, Debug)]
+pub struct HostCertificate {
+    /// The OpenSSH certificate line.
+    pub openssh: String,
+    pub valid_after: u64,
+    pub valid_before: u64,
 }
 
 /// How long (seconds after the session's nonce) an authorization is good for.
@@ -85,7 +100,126 @@ impl Vm {
             requester: Arc::new(Requester::default()),
             signing: Mutex::new(None),
             host_key: Mutex::new(None),
+            host_cert: Mutex::new(None),
         })
+    }
+
+    pub fn host_certificate(&self) -> Option<HostCertificate> {
+        self.host_cert.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// The host names the policy in force gives this VM.
+    pub fn hostnames(&self) -> Vec<String> {
+        self.monitor
+            .lock()
+            .ok()
+            .and_then(|m| m.policy().map(|p| p.hostnames.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Certifies the accepted host key with the tenant's SSH CA — only while the VM is
+    /// compliant — for the policy's host names and validity, states WELES facts in extensions
+    /// only (stock clients refuse unknown critical options), records it, and sends it to the
+    /// guest for sshd's `HostCertificate`.
+    pub fn issue_certificate(&self) -> Result<HostCertificate, String> {
+        let signing = self
+            .signing
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .ok_or("signing is not set up for this VM")?;
+        let key = self
+            .host_key()
+            .ok_or("no host key has been accepted for this VM")?;
+        let (state, policy) = self
+            .monitor
+            .lock()
+            .map(|m| (m.state(), m.policy()))
+            .map_err(|_| "monitor unavailable")?;
+        if state != crate::monitor::VmState::Compliant {
+            return Err(format!("the VM is {}", state.as_str()));
+        }
+        let policy = policy.ok_or("no policy")?;
+        if policy.hostnames.is_empty() {
+            return Err("the policy names no host names ([ssh] hostnames)".into());
+        }
+        let public = ssh_key::PublicKey::from_openssh(&key.openssh).map_err(|e| e.to_string())?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_secs();
+        // A minute of slack for clocks a little behind.
+        let (after, before) = (
+            now.saturating_sub(60),
+            now + policy.certificate_validity.as_secs(),
+        );
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+        let serial = u64::from_be_bytes([
+            nonce[0], nonce[1], nonce[2], nonce[3], nonce[4], nonce[5], nonce[6], nonce[7],
+        ]);
+        let err = |e: ssh_key::Error| e.to_string();
+        let mut b = ssh_key::certificate::Builder::new(
+            nonce.to_vec(),
+            public.key_data().clone(),
+            after,
+            before,
+        )
+        .map_err(err)?;
+        b.serial(serial).map_err(err)?;
+        b.cert_type(ssh_key::certificate::CertType::Host)
+            .map_err(err)?;
+        b.key_id(format!("weles:{}/{}", self.tenant, self.id))
+            .map_err(err)?;
+        for h in &policy.hostnames {
+            b.valid_principal(h.clone()).map_err(err)?;
+        }
+        b.extension("vm@weles", self.id.clone()).map_err(err)?;
+        b.extension("policy@weles", policy.version.to_string())
+            .map_err(err)?;
+        b.extension("manager@weles", signing.manager.clone())
+            .map_err(err)?;
+        let cert = b.sign(&*signing.ca).map_err(err)?;
+        let cert = HostCertificate {
+            openssh: cert.to_openssh().map_err(err)?,
+            valid_after: after,
+            valid_before: before,
+        };
+        if let Ok(mut c) = self.host_cert.lock() {
+            *c = Some(cert.clone());
+        }
+        if let Some(audit) = &self.audit {
+            let tenant = Some(self.tenant.as_str()).filter(|t| !t.is_empty());
+            let event = serde_json::json!({
+                "serial": serial, "principals": policy.hostnames, "valid_before": before,
+                "policy_version": policy.version,
+            });
+            if let Err(e) = audit.append("host_certificate", Some(&self.id), tenant, event, None) {
+                eprintln!("welesd: vm {}: cannot record a certificate: {e}", self.id);
+            }
+        }
+        self.send(&ManagerMessage::HostCertificate {
+            certificate: cert.openssh.clone(),
+        });
+        Ok(cert)
+    }
+
+    /// Renews the certificate once half its validity has passed, while the VM complies.
+    fn renew_certificate(&self) {
+        let Some(cert) = self.host_certificate() else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let half = (cert.valid_before - cert.valid_after) / 2;
+        if now >= cert.valid_after + half
+            && self
+                .status()
+                .is_some_and(|s| s.state == crate::monitor::VmState::Compliant)
+        {
+            let _ = self.issue_certificate();
+        }
     }
 
     pub fn requester(&self) -> Arc<Requester> {
@@ -136,6 +270,7 @@ impl Vm {
                         serde_json::json!({ "accepted": false, "handle": report.handle, "reason": why }),
                     ),
                 };
+                let accepted = verdict.is_ok();
                 if let Ok(mut h) = vm.host_key.lock() {
                     *h = verdict.ok();
                 }
@@ -146,6 +281,9 @@ impl Vm {
                     }
                 }
                 vm.send(&ManagerMessage::HostKeyResult(result));
+                if accepted && let Err(e) = vm.issue_certificate() {
+                    eprintln!("welesd: vm {}: no host certificate yet: {e}", vm.id);
+                }
             });
     }
 
@@ -374,6 +512,7 @@ impl Vm {
     }
 
     pub fn on_tick(&self, now: Instant) {
+        self.renew_certificate();
         let due = self
             .monitor
             .lock()

@@ -190,7 +190,14 @@ impl Env {
                 .arg(&id)
                 .args(
                     agent
-                        .map(|a| vec![std::ffi::OsString::from("--agent-socket"), a.into()])
+                        .map(|a| {
+                            vec![
+                                std::ffi::OsString::from("--agent-socket"),
+                                a.into(),
+                                "--host-certificate".into(),
+                                self.dir.join(format!("{vm}-cert.pub")).into(),
+                            ]
+                        })
                         .unwrap_or_default(),
                 )
                 .stderr(if std::env::var_os("WELES_TEST_VERBOSE").is_some() {
@@ -919,7 +926,7 @@ struct Sshd {
     port: u16,
 }
 
-fn start_sshd(env: &Env, host_pub: &Path, agent: &Path) -> Sshd {
+fn start_sshd(env: &Env, host_pub: &Path, host_cert: &Path, agent: &Path) -> Sshd {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -929,11 +936,12 @@ fn start_sshd(env: &Env, host_pub: &Path, agent: &Path) -> Sshd {
     env.sh("ssh-keygen -q -t ed25519 -N '' -C user -f userkey && cp userkey.pub authorized_keys");
     std::fs::create_dir_all("/run/sshd").unwrap(); // sshd's privilege separation directory
     let cfg = format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nHostKeyAgent {}\n\
-         HostKeyAlgorithms ecdsa-sha2-nistp256\nAuthorizedKeysFile {}/authorized_keys\n\
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nHostCertificate {}\nHostKeyAgent {}\n\
+         AuthorizedKeysFile {}/authorized_keys\n\
          PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
          UsePAM no\nStrictModes no\nPidFile none\nPermitRootLogin prohibit-password\n",
         host_pub.display(),
+        host_cert.display(),
         agent.display(),
         d.display()
     );
@@ -959,12 +967,20 @@ fn start_sshd(env: &Env, host_pub: &Path, agent: &Path) -> Sshd {
     }
 }
 
-/// A stock ssh login that trusts exactly the VM's host key; returns (success, stderr).
-fn ssh_login(env: &Env, sshd: &Sshd) -> (bool, String) {
-    let o = Command::new("ssh")
+/// A stock ssh client as the tenant runs it: `weles ssh-config`'s block (certificates from the
+/// tenant's CA only, frequent re-keying), the VM's host name, sshd's loopback port.
+fn ssh(env: &Env, sshd: &Sshd, conf: &Path, command: &[&str]) -> Command {
+    ssh_with(env, sshd, conf, &[], command)
+}
+
+fn ssh_with(env: &Env, sshd: &Sshd, conf: &Path, options: &[&str], command: &[&str]) -> Command {
+    let mut c = Command::new("ssh");
+    c.args(options)
+        .arg("-F")
+        .arg(conf)
         .args([
-            "-F",
-            "/dev/null",
+            "-o",
+            "HostName=127.0.0.1",
             "-p",
             &sshd.port.to_string(),
             "-i",
@@ -972,19 +988,24 @@ fn ssh_login(env: &Env, sshd: &Sshd) -> (bool, String) {
         ])
         .args([
             "-o",
-            "UserKnownHostsFile=known_hosts",
-            "-o",
-            "StrictHostKeyChecking=yes",
-        ])
-        .args([
-            "-o",
-            "HostKeyAlgorithms=ecdsa-sha2-nistp256",
-            "-o",
             "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=10",
         ])
-        .args(["-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10"])
-        .args(["root@127.0.0.1", "echo", "weles-login-ok"])
-        .current_dir(&env.dir)
+        // The VM is reached through a loopback port here; its certificate names its real host
+        // name, under which the tenant's known_hosts trusts the CA.
+        .args(["-o", "HostKeyAlias=demo-guest.example.com"])
+        .args(["root@demo-guest.example.com"])
+        .args(command)
+        .current_dir(&env.dir);
+    c
+}
+
+/// Logs in and runs `echo`; returns (success, stderr).
+fn ssh_login(env: &Env, sshd: &Sshd, conf: &Path) -> (bool, String) {
+    let o = ssh(env, sshd, conf, &["echo", "weles-login-ok"])
         .output()
         .unwrap();
     let ok = o.status.success() && String::from_utf8_lossy(&o.stdout).contains("weles-login-ok");
@@ -1008,38 +1029,113 @@ fn a_stock_ssh_login_succeeds_only_while_the_vm_complies() {
     // for every signature, so the test (playing the kernel) holds it only while measuring.
     drop(data.take());
     let s = env.wait_vm("web", |s| {
-        s["host_key"].is_string() && s["state"] == "compliant"
+        s["host_certificate"].is_string() && s["state"] == "compliant"
     });
     let key = s["host_key"].as_str().unwrap().to_owned();
-    std::fs::write(env.dir.join("hostkey.pub"), format!("{key}\n")).unwrap();
+    let host_pub = env.dir.join("hostkey.pub");
+    std::fs::write(&host_pub, format!("{key}\n")).unwrap();
     // sshd looks for a private key at the HostKey path first and minds its mode.
     std::fs::set_permissions(
-        env.dir.join("hostkey.pub"),
+        &host_pub,
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let blob = key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-    let sshd = start_sshd(&env, &env.dir.join("hostkey.pub"), &agent);
-    std::fs::write(
-        env.dir.join("known_hosts"),
-        format!("[127.0.0.1]:{} {blob}\n", sshd.port),
-    )
-    .unwrap();
 
-    let (ok, err) = ssh_login(&env, &sshd);
+    // The certificate the guest got: for the policy's host name, from the tenant's CA, WELES
+    // facts in extensions and no critical options.
+    let cert = env.dir.join("web-cert.pub");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cert.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the guest never wrote its certificate"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let listing = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    assert!(listing.contains("host certificate"), "{listing}");
+    assert!(listing.contains("demo-guest.example.com"), "{listing}");
+    assert!(
+        listing.contains("vm@weles") && listing.contains("manager@weles"),
+        "{listing}"
+    );
+    assert!(listing.contains("Critical Options: (none)"), "{listing}");
+    let sshd = start_sshd(&env, &host_pub, &cert, &agent);
+
+    // The tenant's ssh configuration, from the trusted manager only.
+    env.ok("acme", &["ssh-config", "web", "--write", "--rekey", "2s"]);
+    let conf = env.dir.join("home-acme/ssh/web.conf");
+    let (ok, err) = ssh_login(&env, &sshd, &conf);
     assert!(ok, "a compliant VM's login fails: {err}");
 
-    // The VM runs an unlisted file: the next login fails — sshd cannot sign the key exchange.
+    // A client that trusts another CA does not accept the VM's certificate.
+    env.sh("ssh-keygen -q -t ed25519 -N '' -f otherca");
+    let other = std::fs::read_to_string(env.dir.join("otherca.pub")).unwrap();
+    std::fs::write(
+        env.dir.join("other_known_hosts"),
+        format!("@cert-authority demo-guest.example.com {other}"),
+    )
+    .unwrap();
+    let o = ssh_with(
+        &env,
+        &sshd,
+        &conf,
+        &["-o", "UserKnownHostsFile=other_known_hosts"],
+        &["true"],
+    )
+    .output()
+    .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Host key verification failed"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // An open session, re-keying every 2 s.
+    let mut session = Kill(
+        ssh(&env, &sshd, &conf, &["sleep", "60"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        session.0.try_wait().unwrap().is_none(),
+        "the session survives re-keys while compliant"
+    );
+
+    // The VM runs an unlisted file.
     let mut d = UnixStream::connect(env.vm_path("web", "data.sock")).unwrap();
     let (miner, raw) = split(&unlisted_entry()).remove(0);
     support::measure(&log, &mut d, &miner, &raw, true, true);
     drop(d);
     env.wait_vm("web", |s| s["state"] == "violated");
-    let (ok, err) = ssh_login(&env, &sshd);
+    // The next login fails (sshd cannot sign the key exchange) ...
+    let (ok, err) = ssh_login(&env, &sshd, &conf);
     assert!(!ok, "a violated VM's login succeeds");
     assert!(!err.contains("Host key verification failed"), "{err}");
+    // ... and the open session dies at its next re-key.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = session.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the open session outlived the violation"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
 
-    // Both decisions are in the audit log, sealed for the tenant.
+    // The decisions are in the audit log, sealed for the tenant.
     env.ok("acme", &["audit", "key", "-o", "acme.audit-key"]);
     let shown = env.ok(
         "acme",
@@ -1055,5 +1151,6 @@ fn a_stock_ssh_login_succeeds_only_while_the_vm_complies() {
     );
     assert!(shown.contains("\"granted\":true"), "{shown}");
     assert!(shown.contains("\"granted\":false"), "{shown}");
+    assert!(shown.contains("host_certificate"), "{shown}");
     let _ = std::fs::remove_dir_all(&env.dir);
 }

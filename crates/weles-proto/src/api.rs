@@ -110,6 +110,12 @@ pub struct VmStatus {
     /// The VM's SSH host key (OpenSSH), once the manager read it from the vTPM and accepted it.
     #[serde(default)]
     pub host_key: Option<String>,
+    /// Its current OpenSSH host certificate from the tenant's SSH CA.
+    #[serde(default)]
+    pub host_certificate: Option<String>,
+    /// The host names the tenant's policy gives it (the certificate's principals).
+    #[serde(default)]
+    pub hostnames: Vec<String>,
 }
 
 /// A page of events (`GET /v1/vms/{vm}/events`).

@@ -26,6 +26,7 @@ const WANT: u8 = 0x81;
 const SIGNING_SETUP: u8 = 0x82;
 const HOST_KEY_RESULT: u8 = 0x83;
 const AUTHORIZATION: u8 = 0x84;
+const HOST_CERTIFICATE: u8 = 0x85;
 
 /// The guest asks for one use of the host key: TPM2_Sign of `digest` in the policy session
 /// whose nonceTPM is given.
@@ -123,6 +124,10 @@ pub enum ManagerMessage {
     SigningSetup(SigningSetup),
     HostKeyResult(HostKeyResult),
     Authorization(Authorization),
+    /// A (renewed) OpenSSH host certificate for the host key, from the tenant's SSH CA.
+    HostCertificate {
+        certificate: String,
+    },
 }
 
 /// Why a frame is not a valid message. Names the byte offset within the frame body.
@@ -255,6 +260,11 @@ impl ManagerMessage {
             ManagerMessage::SigningSetup(s) => json_message(SIGNING_SETUP, s),
             ManagerMessage::HostKeyResult(r) => json_message(HOST_KEY_RESULT, r),
             ManagerMessage::Authorization(a) => json_message(AUTHORIZATION, a),
+            ManagerMessage::HostCertificate { certificate } => {
+                let mut out = vec![HOST_CERTIFICATE];
+                out.extend_from_slice(certificate.as_bytes());
+                out
+            }
         }
     }
 
@@ -283,6 +293,14 @@ impl ManagerMessage {
                 "authorization",
                 rest,
             )?)),
+            HOST_CERTIFICATE => Ok(ManagerMessage::HostCertificate {
+                certificate: String::from_utf8(rest.to_vec()).map_err(|_| {
+                    MessageError::BadBody {
+                        what: "host certificate",
+                        reason: "not UTF-8".into(),
+                    }
+                })?,
+            }),
             kind => Err(MessageError::UnknownKind { kind }),
         }
     }
