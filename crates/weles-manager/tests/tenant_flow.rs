@@ -927,28 +927,39 @@ struct Sshd {
 }
 
 fn start_sshd(env: &Env, host_pub: &Path, host_cert: &Path, agent: &Path) -> Sshd {
+    let host = format!(
+        "HostKey {}\nHostCertificate {}\nHostKeyAgent {}\n",
+        host_pub.display(),
+        host_cert.display(),
+        agent.display()
+    );
+    start_sshd_with(env, "sshd_config", &host)
+}
+
+/// sshd with the given host key lines, its own config file `name`, on a free port.
+fn start_sshd_with(env: &Env, name: &str, host_lines: &str) -> Sshd {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let d = &env.dir;
-    env.sh("ssh-keygen -q -t ed25519 -N '' -C user -f userkey && cp userkey.pub authorized_keys");
+    if !d.join("userkey").exists() {
+        env.sh(
+            "ssh-keygen -q -t ed25519 -N '' -C user -f userkey && cp userkey.pub authorized_keys",
+        );
+    }
     std::fs::create_dir_all("/run/sshd").unwrap(); // sshd's privilege separation directory
     let cfg = format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nHostCertificate {}\nHostKeyAgent {}\n\
-         AuthorizedKeysFile {}/authorized_keys\n\
+        "Port {port}\nListenAddress 127.0.0.1\n{host_lines}AuthorizedKeysFile {}/authorized_keys\n\
          PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-         UsePAM no\nStrictModes no\nPidFile none\nPermitRootLogin prohibit-password\n",
-        host_pub.display(),
-        host_cert.display(),
-        agent.display(),
+         UsePAM no\nStrictModes no\nPidFile none\nPermitRootLogin prohibit-password\nMaxStartups 100\n",
         d.display()
     );
-    std::fs::write(d.join("sshd_config"), cfg).unwrap();
+    std::fs::write(d.join(name), cfg).unwrap();
     let child = Command::new("/usr/sbin/sshd")
         .args(["-D", "-e", "-f"])
-        .arg(d.join("sshd_config"))
+        .arg(d.join(name))
         .stderr(if std::env::var_os("WELES_TEST_VERBOSE").is_some() {
             Stdio::inherit()
         } else {
@@ -1152,5 +1163,129 @@ fn a_stock_ssh_login_succeeds_only_while_the_vm_complies() {
     assert!(shown.contains("\"granted\":true"), "{shown}");
     assert!(shown.contains("\"granted\":false"), "{shown}");
     assert!(shown.contains("host_certificate"), "{shown}");
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// The SSH login benchmark (not a test: `bash bench/ssh_login.sh` runs it in release mode and
+/// records the numbers in docs/performance.md). Side by side in one run, interleaved: sshd with a
+/// plain host key file, and sshd whose host key is the VM's in the vTPM, each signature
+/// authorized by welesd; then 20 concurrent WELES logins.
+#[test]
+#[ignore = "a benchmark: bash bench/ssh_login.sh"]
+fn bench_ssh_login_plain_vs_weles() {
+    let n: usize = std::env::var("WELES_BENCH_LOGINS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let (env, _welesd) = setup("sshbench");
+    env.vm_with_policy("web");
+    let agent = env.dir.join("agent.sock");
+    let vm = env.boot_agent("web", "boot-1", true, Some(&agent));
+    let Running {
+        data, log, _guest, ..
+    } = vm;
+    let mut data = data;
+    for (e, raw) in &split(&real_log()) {
+        support::measure(&log, &mut data, e, raw, true, true);
+    }
+    drop(data);
+    let s = env.wait_vm("web", |s| {
+        s["host_certificate"].is_string() && s["state"] == "compliant"
+    });
+    let host_pub = env.dir.join("hostkey.pub");
+    std::fs::write(&host_pub, format!("{}\n", s["host_key"].as_str().unwrap())).unwrap();
+    std::fs::set_permissions(
+        &host_pub,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let cert = env.dir.join("web-cert.pub");
+    while !cert.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let weles = start_sshd(&env, &host_pub, &cert, &agent);
+    env.sh("ssh-keygen -q -t ecdsa -b 256 -N '' -f plainhost");
+    let plain = start_sshd_with(
+        &env,
+        "plain_sshd_config",
+        &format!("HostKey {}/plainhost\n", env.dir.display()),
+    );
+    let plain_pub = std::fs::read_to_string(env.dir.join("plainhost.pub")).unwrap();
+    std::fs::write(
+        env.dir.join("plain_known_hosts"),
+        format!("plainhost {plain_pub}"),
+    )
+    .unwrap();
+    let plain_opts = [
+        "-o",
+        "HostKeyAlias=plainhost",
+        "-o",
+        "UserKnownHostsFile=plain_known_hosts",
+        "-o",
+        "HostKeyAlgorithms=ecdsa-sha2-nistp256",
+    ];
+    env.ok("acme", &["ssh-config", "web", "--write"]);
+    let conf = env.dir.join("home-acme/ssh/web.conf");
+    let login = |sshd: &Sshd, opts: &[&str]| {
+        let t = Instant::now();
+        let o = ssh_with(&env, sshd, &conf, opts, &["true"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    for _ in 0..5 {
+        login(&plain, &plain_opts);
+        login(&weles, &[]);
+    }
+    let (mut p, mut w) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        if i % 2 == 0 {
+            p.push(login(&plain, &plain_opts));
+            w.push(login(&weles, &[]));
+        } else {
+            w.push(login(&weles, &[]));
+            p.push(login(&plain, &plain_opts));
+        }
+    }
+    p.sort_by(f64::total_cmp);
+    w.sort_by(f64::total_cmp);
+    let pct = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    // 20 logins at once.
+    let t = Instant::now();
+    let concurrent: usize = std::thread::scope(|scope| {
+        let hs: Vec<_> = (0..20)
+            .map(|_| {
+                scope.spawn(|| {
+                    ssh_with(&env, &weles, &conf, &[], &["true"])
+                        .output()
+                        .is_ok_and(|o| o.status.success())
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or(false))
+            .filter(|ok| *ok)
+            .count()
+    });
+    let concurrent_ms = t.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "ssh_login",
+            "logins_each": n,
+            "plain_ms_p50": (pct(&p, 0.5) * 10.0).round() / 10.0,
+            "plain_ms_p99": (pct(&p, 0.99) * 10.0).round() / 10.0,
+            "weles_ms_p50": (pct(&w, 0.5) * 10.0).round() / 10.0,
+            "weles_ms_p99": (pct(&w, 0.99) * 10.0).round() / 10.0,
+            "overhead_ms_p50": ((pct(&w, 0.5) - pct(&p, 0.5)) * 10.0).round() / 10.0,
+            "overhead_ms_p99": ((pct(&w, 0.99) - pct(&p, 0.99)) * 10.0).round() / 10.0,
+            "ratio_p50": ((pct(&w, 0.5) / pct(&p, 0.5)) * 100.0).round() / 100.0,
+            "concurrent_logins": 20,
+            "concurrent_ok": concurrent,
+            "concurrent_total_ms": concurrent_ms.round(),
+        })
+    );
+    assert_eq!(concurrent, 20, "every concurrent login succeeds");
     let _ = std::fs::remove_dir_all(&env.dir);
 }
