@@ -481,8 +481,14 @@ pub fn ssh_config(a: SshConfigArgs) -> anyhow::Result<Outcome> {
             a.vm
         );
     }
+    let r = conn.request("GET", "/v1/krl", b"", Some(&signer))?;
+    if r.status != 200 {
+        bail!("{}", manager_client::api_error(r.status, &r.body));
+    }
+    let krl = r.body;
     let dir = manager_client::home()?.join("ssh");
     let known = dir.join("known_hosts");
+    let revoked = dir.join("revoked_host_keys");
     let known_line = format!("@cert-authority {} {ca}", vm.hostnames.join(","));
     let block = format!(
         "# WELES: {vm} is trusted only through certificates from your SSH CA at the manager,\n\
@@ -490,15 +496,20 @@ pub fn ssh_config(a: SshConfigArgs) -> anyhow::Result<Outcome> {
          # keepalives make idle sessions re-key too.\n\
          Host {hosts}\n    HostKeyAlgorithms ecdsa-sha2-nistp256-cert-v01@openssh.com\n    \
          UserKnownHostsFile {known}\n    StrictHostKeyChecking yes\n    RekeyLimit default {rekey}\n    \
-         ServerAliveInterval {rekey_secs}\n",
+         ServerAliveInterval {rekey_secs}\n    RevokedHostKeys {revoked}\n",
         vm = a.vm,
         rekey = a.rekey,
         rekey_secs = rekey_secs,
         hosts = vm.hostnames.join(" "),
         known = known.display(),
+        revoked = revoked.display(),
     );
     if !a.write {
         println!("# known_hosts ({}):\n{known_line}\n", known.display());
+        println!(
+            "# {} holds the KRL of revoked host keys (--write writes it)\n",
+            revoked.display()
+        );
         println!("# ssh_config:\n{block}");
         return Ok(Outcome::Success);
     }
@@ -511,6 +522,7 @@ pub fn ssh_config(a: SshConfigArgs) -> anyhow::Result<Outcome> {
         .collect();
     lines.push(&known_line);
     std::fs::write(&known, lines.join("\n") + "\n").with_context(|| known.display().to_string())?;
+    std::fs::write(&revoked, &krl).with_context(|| revoked.display().to_string())?;
     let conf = dir.join(format!("{}.conf", a.vm));
     std::fs::write(&conf, &block).with_context(|| conf.display().to_string())?;
     println!("wrote {} and {}", known.display(), conf.display());

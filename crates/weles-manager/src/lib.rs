@@ -15,6 +15,7 @@ pub mod audit;
 pub mod config;
 pub mod guest_link;
 pub mod identity;
+pub mod krl;
 pub mod manager;
 pub mod monitor;
 pub mod notices;

@@ -375,6 +375,49 @@ impl Manager {
             .unwrap_or_default()
     }
 
+    /// Adds a host key to the tenant's revocation list.
+    pub fn revoke_host_key(&self, tenant: &str, key: &str) {
+        let r = self.with_store(|s| {
+            s.update(|r: &mut Registry| {
+                let list = r.revoked_host_keys.entry(tenant.to_owned()).or_default();
+                if !list.iter().any(|k| k == key) {
+                    list.push(key.to_owned());
+                    r.krl_version += 1;
+                }
+                Ok::<(), ManagerError>(())
+            })
+        });
+        match r {
+            Ok(()) => self.log(
+                "host_key_revoked",
+                None,
+                Some(tenant),
+                serde_json::json!({ "key": key }),
+            ),
+            Err(e) => eprintln!("welesd: cannot revoke a host key of {tenant}: {e}"),
+        }
+    }
+
+    /// The tenant's KRL (PROTOCOL.krl) of revoked host keys.
+    pub fn tenant_krl(&self, tenant: &str) -> Vec<u8> {
+        let (keys, version) = self.with_store(|s| {
+            (
+                s.registry()
+                    .revoked_host_keys
+                    .get(tenant)
+                    .cloned()
+                    .unwrap_or_default(),
+                s.registry().krl_version,
+            )
+        });
+        crate::krl::from_openssh(
+            &keys,
+            version,
+            now_ms() / 1000,
+            &format!("weles: revoked host keys of {tenant}"),
+        )
+    }
+
     /// The tenant's audit key, hex: it opens the tenant's records in the audit log.
     pub fn tenant_audit_key(
         &self,
@@ -773,6 +816,13 @@ impl Manager {
         })?;
         self.log("vm_deleted", Some(name), None, serde_json::json!({}));
         let running = self.running.lock().ok().and_then(|mut r| r.remove(name));
+        if let Some(key) = running.as_ref().and_then(|r| r.vm.host_key()) {
+            let tenant = running
+                .as_ref()
+                .map(|r| r.vm.tenant.clone())
+                .unwrap_or_default();
+            self.revoke_host_key(&tenant, &key.openssh);
+        }
         let paths = VmPaths::new(&self.cfg.state_dir, &self.cfg.run_dir, name);
         if let Some(r) = running {
             r.stop(true);

@@ -28,6 +28,12 @@ pub struct Registry {
     /// at start has been truncated or replaced.
     #[serde(default)]
     pub audit_seq: u64,
+    /// Per tenant, the host keys no longer in use (deleted VMs, replaced keys), OpenSSH lines.
+    #[serde(default)]
+    pub revoked_host_keys: BTreeMap<String, Vec<String>>,
+    /// Bumped with each revocation (the KRL's version).
+    #[serde(default)]
+    pub krl_version: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -203,6 +203,11 @@ impl TenantApi {
                         .delete_webhook(&tenant)
                         .map_err(Refusal::from)
                         .and_then(|()| json(&serde_json::json!({ "deleted": true }))),
+                    ("GET", ["krl"]) => {
+                        let krl = self.mgr.tenant_krl(&tenant);
+                        return http::write_response(out, 200, "application/octet-stream", &krl)
+                            .is_ok();
+                    }
                     ("GET", ["audit-key"]) => self
                         .mgr
                         .tenant_audit_key(&tenant)

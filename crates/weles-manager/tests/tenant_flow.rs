@@ -884,6 +884,7 @@ fn the_host_key_is_made_in_the_vtpm_read_back_checked_and_shown_or_refused() {
     };
     weles_proto::guest::write_guest(&mut fake, &weles_proto::guest::GuestMessage::Hello(hello))
         .unwrap();
+    let setup = std::cell::RefCell::new(None::<weles_proto::guest::SigningSetup>);
     let verdict = |fake: &mut UnixStream, handle: Option<u32>| {
         let report = weles_proto::guest::HostKeyReport {
             handle,
@@ -894,7 +895,10 @@ fn the_host_key_is_made_in_the_vtpm_read_back_checked_and_shown_or_refused() {
         loop {
             match weles_proto::guest::read_manager(fake).unwrap().unwrap() {
                 weles_proto::guest::ManagerMessage::HostKeyResult(r) => return r,
-                _ => continue, // WANT, SIGNING_SETUP
+                weles_proto::guest::ManagerMessage::SigningSetup(s) => {
+                    *setup.borrow_mut() = Some(s);
+                }
+                _ => continue, // WANT, HOST_CERTIFICATE
             }
         }
     };
@@ -915,6 +919,40 @@ fn the_host_key_is_made_in_the_vtpm_read_back_checked_and_shown_or_refused() {
         env.status_of("hk")["host_key"].as_str().map(blob),
         Some(blob(&key))
     );
+    // tpm2-tools see the policy the manager asked for in the key the vTPM holds.
+    let policy = setup
+        .borrow()
+        .as_ref()
+        .map(|s| s.policy.clone())
+        .expect("a signing setup");
+    assert!(
+        text.contains(&format!("authorization policy: {policy}")),
+        "{policy}: {text}"
+    );
+
+    // A request to authorize another key than this VM's accepted one is refused.
+    let ask = weles_proto::guest::AuthorizeRequest {
+        id: 7,
+        handle: 0x8100_0200,
+        nonce_tpm: "11".repeat(32),
+        digest: "22".repeat(32),
+    };
+    weles_proto::guest::write_guest(&mut fake, &weles_proto::guest::GuestMessage::Authorize(ask))
+        .unwrap();
+    let answer = loop {
+        if let weles_proto::guest::ManagerMessage::Authorization(a) =
+            weles_proto::guest::read_manager(&mut fake)
+                .unwrap()
+                .unwrap()
+        {
+            break a;
+        }
+    };
+    assert!(
+        !answer.granted && answer.reason.contains("not this VM's host key"),
+        "{answer:?}"
+    );
+    assert_eq!(answer.id, 7);
     let _ = log;
     let _ = std::fs::remove_dir_all(&env.dir);
 }
