@@ -4,7 +4,7 @@
 
 const MAGIC: &[u8; 8] = b"SSHKRL\n\0";
 const FORMAT_VERSION: u32 = 1;
-const SECTION_EXPLICIT_KEY: u8 = 3;
+const SECTION_EXPLICIT_KEY: u8 = 2;
 
 fn string(b: &mut Vec<u8>, s: &[u8]) {
     b.extend_from_slice(&(s.len() as u32).to_be_bytes());
@@ -39,4 +39,27 @@ pub fn from_openssh(keys: &[String], krl_version: u64, generated: u64, comment: 
         .filter_map(|k| k.to_bytes().ok())
         .collect();
     build(&blobs, krl_version, generated, comment)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_protocol_krl() {
+        let k = build(&[vec![1, 2, 3]], 7, 9, "c");
+        assert_eq!(&k[..8], b"SSHKRL\n\0");
+        assert_eq!(&k[8..12], &1u32.to_be_bytes());
+        assert_eq!(&k[12..20], &7u64.to_be_bytes());
+        assert_eq!(&k[20..28], &9u64.to_be_bytes());
+        // flags, empty reserved, comment "c", then one explicit-key section of one blob.
+        assert_eq!(
+            &k[28..],
+            &[
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, b'c', 2, 0, 0, 0, 7, 0, 0, 0, 3, 1,
+                2, 3
+            ]
+        );
+        assert_eq!(build(&[], 1, 1, "").len(), 8 + 4 + 8 + 8 + 8 + 4 + 4);
+    }
 }

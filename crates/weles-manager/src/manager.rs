@@ -81,6 +81,8 @@ impl Running {
 }
 
 pub struct Manager {
+    /// Itself, for callbacks that must not keep it alive.
+    me: std::sync::Weak<Manager>,
     cfg: Config,
     webhooks: Mutex<BTreeMap<String, Deliverer>>,
     audit: Arc<AuditLog>,
@@ -123,7 +125,8 @@ impl Manager {
             serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "tee": tee.kind() }),
             None,
         )?;
-        let mgr = Arc::new(Manager {
+        let mgr = Arc::new_cyclic(|me| Manager {
+            me: me.clone(),
             webhooks: Mutex::new(BTreeMap::new()),
             audit,
             tee,
@@ -898,6 +901,12 @@ impl Manager {
             vm.note_last_event(*seq);
         }
         vm.enable_signing(self.signing_for(&rec.name, &rec.tenant)?);
+        let (me, tenant) = (self.me.clone(), rec.tenant.clone());
+        vm.set_revoker(Box::new(move |key| {
+            if let Some(m) = me.upgrade() {
+                m.revoke_host_key(&tenant, key);
+            }
+        }));
         if let Some(p) = &rec.policy {
             let policy = Policy::load(p.policy.as_bytes(), &format!("policy of VM {}", rec.name))?;
             vm.set_policy(Arc::new(policy));

@@ -36,7 +36,12 @@ pub struct Vm {
     host_key: Mutex<Option<HostKeyInfo>>,
     /// Its current certificate.
     host_cert: Mutex<Option<HostCertificate>>,
+    /// Told of a host key the VM no longer uses (replaced by a new one), to revoke it.
+    revoker: Mutex<Option<Revoker>>,
 }
+
+/// Receives host keys to revoke (OpenSSH lines).
+pub type Revoker = Box<dyn Fn(&str) + Send + Sync>;
 
 /// The host key's expected shape for this VM, and the key that authorizes its use.
 #[derive(Clone)]
@@ -55,6 +60,7 @@ pub struct Signing {
 pub struct HostCertificate {
     /// The OpenSSH certificate line.
     pub openssh: String,
+    pub issued_at: u64,
     pub valid_after: u64,
     pub valid_before: u64,
 }
@@ -101,7 +107,14 @@ impl Vm {
             signing: Mutex::new(None),
             host_key: Mutex::new(None),
             host_cert: Mutex::new(None),
+            revoker: Mutex::new(None),
         })
+    }
+
+    pub fn set_revoker(&self, r: Revoker) {
+        if let Ok(mut g) = self.revoker.lock() {
+            *g = Some(r);
+        }
     }
 
     pub fn host_certificate(&self) -> Option<HostCertificate> {
@@ -182,6 +195,7 @@ impl Vm {
         let cert = b.sign(&*signing.ca).map_err(err)?;
         let cert = HostCertificate {
             openssh: cert.to_openssh().map_err(err)?,
+            issued_at: now,
             valid_after: after,
             valid_before: before,
         };
@@ -212,8 +226,9 @@ impl Vm {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let half = (cert.valid_before - cert.valid_after) / 2;
-        if now >= cert.valid_after + half
+        // Half of its lifetime (from issue, not from the back-dated start) has passed.
+        let half = cert.valid_before.saturating_sub(cert.issued_at) / 2;
+        if now >= cert.issued_at + half.max(1)
             && self
                 .status()
                 .is_some_and(|s| s.state == crate::monitor::VmState::Compliant)
@@ -271,8 +286,17 @@ impl Vm {
                     ),
                 };
                 let accepted = verdict.is_ok();
+                let replaced = match (&verdict, vm.host_key()) {
+                    (Ok(new), Some(old)) if old.openssh != new.openssh => Some(old.openssh),
+                    _ => None,
+                };
                 if let Ok(mut h) = vm.host_key.lock() {
                     *h = verdict.ok();
+                }
+                if let (Some(old), Ok(r)) = (replaced, vm.revoker.lock())
+                    && let Some(revoke) = r.as_ref()
+                {
+                    revoke(&old);
                 }
                 if let Some(audit) = &vm.audit {
                     let tenant = Some(vm.tenant.as_str()).filter(|t| !t.is_empty());

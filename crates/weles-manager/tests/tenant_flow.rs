@@ -953,6 +953,83 @@ fn the_host_key_is_made_in_the_vtpm_read_back_checked_and_shown_or_refused() {
         "{answer:?}"
     );
     assert_eq!(answer.id, 7);
+
+    // A second valid key (made with the same policy) replaces the first, which is revoked.
+    std::fs::write(env.dir.join("policy.bin"), hex::decode(&policy).unwrap()).unwrap();
+    tpm(&["tpm2_flushcontext", "-t"]);
+    tpm(&["tpm2_createprimary", "-C", "o", "-G", "ecc", "-c", "p2.ctx"]);
+    tpm(&[
+        "tpm2_create",
+        "-C",
+        "p2.ctx",
+        "-G",
+        "ecc256:ecdsa-sha256",
+        "-a",
+        "fixedtpm|fixedparent|sensitivedataorigin|sign|adminwithpolicy|noda",
+        "-L",
+        "policy.bin",
+        "-u",
+        "k2.pub",
+        "-r",
+        "k2.priv",
+    ]);
+    tpm(&["tpm2_flushcontext", "-t"]);
+    tpm(&[
+        "tpm2_load",
+        "-C",
+        "p2.ctx",
+        "-u",
+        "k2.pub",
+        "-r",
+        "k2.priv",
+        "-c",
+        "k2.ctx",
+    ]);
+    tpm(&["tpm2_evictcontrol", "-C", "o", "-c", "k2.ctx", "0x81000400"]);
+    tpm(&["tpm2_flushcontext", "-t"]);
+    let r = verdict(&mut fake, Some(0x8100_0400));
+    assert!(r.accepted, "{r:?}");
+    let second = env.status_of("hk")["host_key"].as_str().unwrap().to_owned();
+    assert_ne!(blob(&second), blob(&key));
+
+    // Deleting the VM revokes its host key too: the tenant's KRL lists both keys, nothing else.
+    drop(fake);
+    assert!(matches!(
+        env.operator(OperatorRequest::DeleteVm { name: "hk".into() }),
+        OperatorReply::Deleted { .. }
+    ));
+    let trust: weles_client::Trust = serde_json::from_str(
+        &std::fs::read_to_string(env.dir.join("home-acme/manager.json")).unwrap(),
+    )
+    .unwrap();
+    let signer = weles_client::Signer::from_trust(&trust).unwrap();
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(&trust.tls_spki_sha256, &mut pin).unwrap();
+    let mut c = weles_client::Connection::open(&trust.url, Some(pin)).unwrap();
+    let krl = c.request("GET", "/v1/krl", b"", Some(&signer)).unwrap();
+    assert_eq!(krl.status, 200);
+    std::fs::write(env.dir.join("krl"), &krl.body).unwrap();
+    std::fs::write(env.dir.join("first.pub"), format!("{key}\n")).unwrap();
+    std::fs::write(env.dir.join("second.pub"), format!("{second}\n")).unwrap();
+    env.sh("ssh-keygen -q -t ecdsa -b 256 -N '' -f unrelated");
+    for (file, revoked) in [
+        ("first.pub", true),
+        ("second.pub", true),
+        ("unrelated.pub", false),
+    ] {
+        let q = Command::new("ssh-keygen")
+            .args(["-Q", "-f", "krl", file])
+            .current_dir(&env.dir)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&q.stdout);
+        assert_eq!(
+            q.status.code(),
+            Some(if revoked { 1 } else { 0 }),
+            "{file}: {out}"
+        );
+        assert_eq!(out.contains("REVOKED"), revoked, "{file}: {out}");
+    }
     let _ = log;
     let _ = std::fs::remove_dir_all(&env.dir);
 }
@@ -1146,6 +1223,76 @@ fn a_stock_ssh_login_succeeds_only_while_the_vm_complies() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+
+    // An expired certificate is refused by the client even while the VM complies: a VM whose
+    // policy gives 3-second certificates, and an sshd that keeps the first one it got.
+    let short = std::fs::read_to_string(env.dir.join("v4.toml"))
+        .unwrap()
+        .replace(
+            "certificate_validity = \"24h\"",
+            "certificate_validity = \"3s\"",
+        );
+    assert!(short.contains("\"3s\""));
+    std::fs::write(env.dir.join("short.toml"), short).unwrap();
+    env.ok("acme", &["policy", "sign", "short.toml", "--key", "acme"]);
+    assert!(matches!(
+        env.operator(OperatorRequest::CreateVm {
+            tenant: "acme".into(),
+            name: "short".into()
+        }),
+        OperatorReply::Vm(_)
+    ));
+    env.ok("acme", &["policy", "push", "short.toml", "--vm", "short"]);
+    let agent2 = env.dir.join("agent2.sock");
+    let vm2 = env.boot_agent("short", "boot-1", true, Some(&agent2));
+    let Running {
+        data: mut data2,
+        log: log2,
+        _guest: _guest2,
+        ..
+    } = vm2;
+    for (e, raw) in &split(&real_log()) {
+        support::measure(&log2, &mut data2, e, raw, true, true);
+    }
+    drop(data2);
+    let s2 = env.wait_vm("short", |s| {
+        s["host_certificate"].is_string() && s["state"] == "compliant"
+    });
+    let short_pub = env.dir.join("short-hostkey.pub");
+    std::fs::write(
+        &short_pub,
+        format!("{}\n", s2["host_key"].as_str().unwrap()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &short_pub,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let live = env.dir.join("short-cert.pub");
+    while !live.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let frozen = env.dir.join("frozen-cert.pub");
+    std::fs::copy(&live, &frozen).unwrap();
+    let frozen_sshd = start_sshd_with(
+        &env,
+        "frozen_sshd_config",
+        &format!(
+            "HostKey {}\nHostCertificate {}\nHostKeyAgent {}\n",
+            short_pub.display(),
+            frozen.display(),
+            agent2.display()
+        ),
+    );
+    let (ok, err) = ssh_login(&env, &frozen_sshd, &conf);
+    assert!(ok, "a fresh short certificate is accepted: {err}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(env.status_of("short")["state"], "compliant");
+    let (ok, err) = ssh_login(&env, &frozen_sshd, &conf);
+    assert!(!ok, "an expired certificate is accepted");
+    assert!(err.contains("expired"), "{err}");
+    drop(frozen_sshd);
 
     // An open session, re-keying every 2 s.
     let mut session = Kill(
