@@ -1224,6 +1224,20 @@ fn a_stock_ssh_login_succeeds_only_while_the_vm_complies() {
         String::from_utf8_lossy(&o.stderr)
     );
 
+    // A host key not made in the vTPM — an ordinary key file, uncertified — is refused by the
+    // tenant's configuration.
+    env.sh("ssh-keygen -q -t ecdsa -b 256 -N '' -f filehost");
+    let file_sshd = start_sshd_with(
+        &env,
+        "file_sshd_config",
+        &format!("HostKey {}/filehost\n", env.dir.display()),
+    );
+    let (ok, err) = ssh_login(&env, &file_sshd, &conf);
+    assert!(!ok, "a plain file host key is accepted");
+    // The client offers only certificate host keys: it does not even negotiate with it.
+    assert!(err.contains("no matching host key type"), "{err}");
+    drop(file_sshd);
+
     // An expired certificate is refused by the client even while the VM complies: a VM whose
     // policy gives 3-second certificates, and an sshd that keeps the first one it got.
     let short = std::fs::read_to_string(env.dir.join("v4.toml"))
