@@ -122,9 +122,7 @@ fn handle(msg: &[u8], tpm: &Path, gate: &Gate) -> Result<Vec<u8>, String> {
             Ok(r)
         }
         SIGN_REQUEST => {
-            let mut c = &msg[1..];
-            let blob = take_string(&mut c)?;
-            let data = take_string(&mut c)?;
+            let (blob, data) = parse_sign_request(msg)?;
             let (_, public) = host_key(tpm, gate)?;
             if !is_our_key(blob, &public) {
                 return Err("asked to sign with a key this agent does not hold".into());
@@ -143,6 +141,32 @@ fn handle(msg: &[u8], tpm: &Path, gate: &Gate) -> Result<Vec<u8>, String> {
             Ok(out)
         }
         other => Err(format!("unsupported agent request {other}")),
+    }
+}
+
+/// (key blob, data) of an SSH_AGENTC_SIGN_REQUEST (the flags that follow are not needed: an
+/// ECDSA signature has one form).
+pub fn parse_sign_request(msg: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let mut c = msg.get(1..).ok_or("empty agent request")?;
+    let blob = take_string(&mut c)?;
+    let data = take_string(&mut c)?;
+    Ok((blob, data))
+}
+
+/// Fuzz entry point: agent requests and key blobs of any shape are refused without panicking.
+pub fn fuzz_request(data: &[u8]) {
+    if let Ok((blob, _)) = parse_sign_request(data) {
+        let public = EccPublic {
+            name_alg: 0x000b,
+            attributes: 0,
+            auth_policy: Vec::new(),
+            scheme: 0x0018,
+            scheme_hash: 0x000b,
+            curve: 0x0003,
+            x: vec![1; 32],
+            y: vec![2; 32],
+        };
+        let _ = is_our_key(blob, &public);
     }
 }
 

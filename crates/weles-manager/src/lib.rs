@@ -10,6 +10,12 @@
 //! * [`manager`] — all of the above for every VM; the operations the APIs call.
 //! * [`operator`] — the local operator API (Unix socket).
 //! * [`config`] — welesd.toml.
+//! * [`tenant_api`] — the tenant API (HTTPS, signed requests, events, webhooks' settings).
+//! * [`identity`], [`tee`] — the manager key, the TLS key, the TEE backend (`sim`).
+//! * [`audit`] — the signed, hash-chained audit log with per-tenant sealed records.
+//! * [`webhook`] — HMAC-signed, ordered, retried event delivery.
+//! * [`signing`], [`krl`] — the SSH signing gate: host keys, authorizations, host
+//!   certificates, revoked keys.
 
 pub mod audit;
 pub mod config;
@@ -20,6 +26,7 @@ pub mod manager;
 pub mod monitor;
 pub mod notices;
 pub mod operator;
+pub mod signing;
 pub mod store;
 pub mod supervisor;
 pub mod tee;

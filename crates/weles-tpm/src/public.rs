@@ -240,6 +240,13 @@ pub fn fuzz_parse(data: &[u8]) {
         let _ = p.verifying_key();
     }
     let _ = EccPublic::parse_tpm2b(data);
+    // The guest parses its TPM's responses with the same care.
+    let _ = crate::commands::parse_handle(data);
+    let _ = crate::commands::parse_create(data);
+    let _ = crate::commands::parse_read_public(data);
+    let _ = crate::commands::parse_start_auth_session(data);
+    let _ = crate::commands::parse_sign(data);
+    let _ = crate::commands::response_code(data);
 }
 
 #[cfg(test)]
