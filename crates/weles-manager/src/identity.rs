@@ -4,21 +4,17 @@
 //! evidence, rather than trusting any CA). Both are created once and kept in the sealed store.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use sha2::Digest as _;
 use ssh_key::private::Ed25519Keypair;
 use ssh_key::{HashAlg, LineEnding, PrivateKey};
 use x509_cert::builder::profile::BuilderProfile;
-use x509_cert::builder::{Builder, CertificateBuilder};
 use x509_cert::der::{Decode, Encode};
 use x509_cert::ext::Extension;
 use x509_cert::ext::ToExtension;
 use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages};
 use x509_cert::name::Name;
-use x509_cert::serial_number::SerialNumber;
-use x509_cert::spki::{SubjectPublicKeyInfoOwned, SubjectPublicKeyInfoRef};
-use x509_cert::time::Validity;
+use x509_cert::spki::SubjectPublicKeyInfoRef;
 use x509_cert::{Certificate, TbsCertificate};
 use zeroize::Zeroizing;
 
@@ -49,35 +45,15 @@ pub fn sshsig(key: &PrivateKey, namespace: &str, msg: &[u8]) -> Result<String, S
         .map_err(|e| e.to_string())
 }
 
-/// A new TLS key (PKCS#8 DER) and its self-signed certificate (DER).
+/// A new TLS key (PKCS#8 DER) and its self-signed certificate (DER), ten years.
 pub fn new_tls() -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), String> {
-    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey};
-    let err = |e: &dyn std::fmt::Display| e.to_string();
-    let key = loop {
-        let raw = random32()?;
-        if let Ok(k) = p256::ecdsa::SigningKey::from_slice(raw.as_ref()) {
-            break k;
-        }
-    };
-    let spki_der = key
-        .verifying_key()
-        .to_public_key_der()
-        .map_err(|e| err(&e))?;
-    let spki = SubjectPublicKeyInfoOwned::from_der(spki_der.as_bytes()).map_err(|e| err(&e))?;
-    let mut serial = [0u8; 16];
-    getrandom::fill(&mut serial).map_err(|e| err(&e))?;
-    serial[0] &= 0x7f;
-    let serial = SerialNumber::new(&serial).map_err(|e| err(&e))?;
-    let validity =
-        Validity::from_now(Duration::from_secs(10 * 365 * 86_400)).map_err(|e| err(&e))?;
-    let subject = Name::from_str("CN=welesd tenant API,O=WELES").map_err(|e| err(&e))?;
-    let builder = CertificateBuilder::new(TlsProfile { subject }, serial, validity, spki)
-        .map_err(|e| err(&e))?;
-    let cert = builder
-        .build::<_, p256::ecdsa::DerSignature>(&key)
-        .map_err(|e| err(&e))?;
-    let der = cert.to_der().map_err(|e| err(&e))?;
-    let key_der = key.to_pkcs8_der().map_err(|e| err(&e))?;
+    use p256::pkcs8::EncodePrivateKey;
+    use weles_vtpm::manufacture::{issue, new_p256_key, p256_spki};
+    let key = new_p256_key()?;
+    let subject = Name::from_str("CN=welesd tenant API,O=WELES").map_err(|e| e.to_string())?;
+    let cert = issue(TlsProfile { subject }, p256_spki(&key)?, &key, 10 * 365)?;
+    let der = cert.to_der().map_err(|e| e.to_string())?;
+    let key_der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
     Ok((Zeroizing::new(key_der.as_bytes().to_vec()), der))
 }
 

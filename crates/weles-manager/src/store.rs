@@ -197,14 +197,13 @@ impl Store {
                 })?;
                 k
             }
-            None => loop {
+            None => {
+                let key = weles_vtpm::manufacture::new_p256_key().map_err(StoreError::Ca)?;
                 let mut k = Zeroizing::new([0u8; 32]);
-                getrandom::fill(k.as_mut()).map_err(|e| StoreError::Ca(e.to_string()))?;
-                if p256::ecdsa::SigningKey::from_slice(k.as_ref()).is_ok() {
-                    notes.push("created the authority key for host-key signatures".into());
-                    break k;
-                }
-            },
+                k.copy_from_slice(&key.to_bytes());
+                notes.push("created the authority key for host-key signatures".into());
+                k
+            }
         };
         let tenant_audit_keys = match secret(&mut blobs, "tenant-audit-keys") {
             Some(json) => {

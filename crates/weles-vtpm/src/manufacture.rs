@@ -93,38 +93,59 @@ impl Ca {
     }
 }
 
-/// A new self-signed EK CA (ECDSA P-256, 20 years), as the manager creates for its vTPMs:
-/// its PKCS#8 private key and its certificate, both PEM.
-pub fn new_ca(common_name: &str) -> Result<(zeroize::Zeroizing<String>, String), ManufactureError> {
-    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-    use x509_cert::der::EncodePem;
-    let err = |e: &dyn std::fmt::Display| ManufactureError::Certificate(e.to_string());
-    let key = loop {
+/// A new random ECDSA P-256 key.
+pub fn new_p256_key() -> Result<p256::ecdsa::SigningKey, String> {
+    loop {
         let mut raw = zeroize::Zeroizing::new([0u8; 32]);
-        getrandom::fill(raw.as_mut()).map_err(|e| err(&e))?;
+        getrandom::fill(raw.as_mut()).map_err(|e| format!("randomness: {e}"))?;
         // Fails only for the zero scalar or one ≥ the group order (probability ~2^-32).
         if let Ok(k) = p256::ecdsa::SigningKey::from_slice(raw.as_ref()) {
-            break k;
+            return Ok(k);
         }
-    };
-    let subject =
-        Name::from_str(&format!("CN={},O=WELES", escape(common_name))).map_err(|e| err(&e))?;
-    let spki_der = key
+    }
+}
+
+/// The SubjectPublicKeyInfo of a P-256 key.
+pub fn p256_spki(key: &p256::ecdsa::SigningKey) -> Result<SubjectPublicKeyInfoOwned, String> {
+    use p256::pkcs8::EncodePublicKey;
+    let der = key
         .verifying_key()
         .to_public_key_der()
-        .map_err(|e| err(&e))?;
-    let spki = SubjectPublicKeyInfoOwned::from_der(spki_der.as_bytes()).map_err(|e| err(&e))?;
+        .map_err(|e| e.to_string())?;
+    SubjectPublicKeyInfoOwned::from_der(der.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// Issues a certificate for `spki` shaped by `profile`, signed by `signer` (ECDSA P-256 with
+/// SHA-256), valid from now for `days`, with a random positive 128-bit serial number.
+pub fn issue(
+    profile: impl BuilderProfile,
+    spki: SubjectPublicKeyInfoOwned,
+    signer: &p256::ecdsa::SigningKey,
+    days: u64,
+) -> Result<Certificate, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
     let mut serial = [0u8; 16];
     getrandom::fill(&mut serial).map_err(|e| err(&e))?;
     serial[0] &= 0x7f;
     let serial = SerialNumber::new(&serial).map_err(|e| err(&e))?;
-    let validity =
-        Validity::from_now(Duration::from_secs(20 * 365 * 86_400)).map_err(|e| err(&e))?;
-    let profile = CaProfile { subject };
-    let builder = CertificateBuilder::new(profile, serial, validity, spki).map_err(|e| err(&e))?;
-    let cert = builder
-        .build::<_, p256::ecdsa::DerSignature>(&key)
-        .map_err(|e| err(&e))?;
+    let validity = Validity::from_now(Duration::from_secs(days * 86_400)).map_err(|e| err(&e))?;
+    CertificateBuilder::new(profile, serial, validity, spki)
+        .map_err(|e| err(&e))?
+        .build::<_, p256::ecdsa::DerSignature>(signer)
+        .map_err(|e| err(&e))
+}
+
+/// A new self-signed EK CA (ECDSA P-256, 20 years), as the manager creates for its vTPMs:
+/// its PKCS#8 private key and its certificate, both PEM.
+pub fn new_ca(common_name: &str) -> Result<(zeroize::Zeroizing<String>, String), ManufactureError> {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    use x509_cert::der::EncodePem;
+    let err = |e: &dyn std::fmt::Display| ManufactureError::Certificate(e.to_string());
+    let key = new_p256_key().map_err(|e| err(&e))?;
+    let subject =
+        Name::from_str(&format!("CN={},O=WELES", escape(common_name))).map_err(|e| err(&e))?;
+    let spki = p256_spki(&key).map_err(|e| err(&e))?;
+    let cert = issue(CaProfile { subject }, spki, &key, 20 * 365).map_err(|e| err(&e))?;
     let cert_pem = cert.to_pem(LineEnding::LF).map_err(|e| err(&e))?;
     let key_pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| err(&e))?;
     Ok((zeroize::Zeroizing::new(key_pem.to_string()), cert_pem))
@@ -467,16 +488,7 @@ fn certificate(
         },
         tcg: tcg_extensions(tpm).map_err(|e| err(&e))?,
     };
-    let mut serial = [0u8; 16];
-    getrandom::fill(&mut serial).map_err(|e| err(&e))?;
-    serial[0] &= 0x7f;
-    let serial = SerialNumber::new(&serial).map_err(|e| err(&e))?;
-    let validity =
-        Validity::from_now(Duration::from_secs(20 * 365 * 86_400)).map_err(|e| err(&e))?;
-    let builder = CertificateBuilder::new(profile, serial, validity, spki).map_err(|e| err(&e))?;
-    let cert = builder
-        .build::<_, p256::ecdsa::DerSignature>(&ca.key)
-        .map_err(|e| err(&e))?;
+    let cert = issue(profile, spki, &ca.key, 20 * 365).map_err(|e| err(&e))?;
     cert.to_der().map_err(|e| err(&e))
 }
 
