@@ -273,29 +273,12 @@ fn live(samples: usize, poll_ms: u64) {
     let dir = std::env::temp_dir().join(format!("weles-bench-live-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
+    let _vtpm = support::spawn_vtpm(&dir);
     let (data_sock, ctrl, events) = (
         dir.join("data.sock"),
         dir.join("ctrl.sock"),
         dir.join("events.sock"),
     );
-    let _vtpm = Kill(
-        Command::new(bin("weles-vtpm"))
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--server")
-            .arg(format!("type=unixio,path={}", data_sock.display()))
-            .arg("--ctrl")
-            .arg(format!("type=unixio,path={}", ctrl.display()))
-            .arg("--events")
-            .arg(format!("type=unixio,path={}", events.display()))
-            .arg("--tpmstate")
-            .arg(format!("dir={}", dir.join("state").display()))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("weles-vtpm"),
-    );
-    while UnixStream::connect(&events).is_err() || UnixStream::connect(&data_sock).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let hub = Arc::new(NoticeHub::new(65_536));
     let vm = Vm::new("live", hub.clone());
     vm.set_policy(support::policy());

@@ -53,31 +53,8 @@ fn start(name: &str) -> World {
     let dir = std::env::temp_dir().join(format!("weles-live-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (data, ctrl, events) = (
-        dir.join("data.sock"),
-        dir.join("ctrl.sock"),
-        dir.join("events.sock"),
-    );
-    let vtpm = Kill(
-        Command::new(bin("weles-vtpm"))
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--server")
-            .arg(format!("type=unixio,path={}", data.display()))
-            .arg("--ctrl")
-            .arg(format!("type=unixio,path={}", ctrl.display()))
-            .arg("--events")
-            .arg(format!("type=unixio,path={}", events.display()))
-            .arg("--tpmstate")
-            .arg(format!("dir={}", dir.join("state").display()))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&events).is_err() || UnixStream::connect(&data).is_err() {
-        assert!(Instant::now() < deadline, "weles-vtpm did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let vtpm = support::spawn_vtpm(&dir);
+    let (ctrl, events) = (dir.join("ctrl.sock"), dir.join("events.sock"));
     let hub = Arc::new(NoticeHub::new(4096));
     let vm = Vm::new(name, hub.clone());
     let vlink = VtpmLink::spawn(vm.clone(), events);

@@ -153,3 +153,37 @@ pub fn power_on(ctrl: &Path, data: &Path) -> UnixStream {
     assert_eq!(rc, 0, "TPM2_Startup(CLEAR)");
     d
 }
+
+/// A weles-vtpm with its data, control and event sockets in `dir` (data.sock, ctrl.sock,
+/// events.sock), started as QEMU would find it running, and ready.
+pub fn spawn_vtpm(dir: &Path) -> Kill {
+    let (data, ctrl, events) = (
+        dir.join("data.sock"),
+        dir.join("ctrl.sock"),
+        dir.join("events.sock"),
+    );
+    let vtpm = Kill(
+        std::process::Command::new(bin("weles-vtpm"))
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--server")
+            .arg(format!("type=unixio,path={}", data.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", ctrl.display()))
+            .arg("--events")
+            .arg(format!("type=unixio,path={}", events.display()))
+            .arg("--tpmstate")
+            .arg(format!("dir={}", dir.join("state").display()))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("weles-vtpm"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while UnixStream::connect(&events).is_err() || UnixStream::connect(&data).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "weles-vtpm did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    vtpm
+}
