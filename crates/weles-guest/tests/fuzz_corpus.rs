@@ -1,13 +1,8 @@
-//! Replays the ssh_agent fuzz corpus (fuzz/corpus/ssh_agent) on stable Rust.
+//! Replays this crate's fuzz corpora (fuzz/corpus/) through their entry points on stable Rust.
+
+use weles_test_support::replay_corpus;
 
 #[test]
 fn ssh_agent_corpus() {
-    let dir =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/ssh_agent");
-    let mut n = 0;
-    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        weles_guest::ssh_agent::fuzz_request(&std::fs::read(e.unwrap().path()).unwrap());
-        n += 1;
-    }
-    assert!(n > 0, "empty corpus {}", dir.display());
+    replay_corpus("ssh_agent", weles_guest::ssh_agent::fuzz_request);
 }
