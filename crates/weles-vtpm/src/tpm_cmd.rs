@@ -113,31 +113,9 @@ pub fn response_code(resp: &[u8]) -> Option<u32> {
 }
 
 /// A command frame: `handles`, then (if `password_session`) one TPM_RS_PW session with an empty
-/// password, then `params`.
+/// password, then `params` — weles-tpm's builder, which the guest uses too.
 pub fn command(cc: u32, handles: &[u32], password_session: bool, params: &[u8]) -> Vec<u8> {
-    let mut c = Vec::with_capacity(32 + params.len());
-    c.extend_from_slice(
-        &(if password_session {
-            0x8002u16
-        } else {
-            0x8001u16
-        })
-        .to_be_bytes(),
-    );
-    c.extend_from_slice(&0u32.to_be_bytes());
-    c.extend_from_slice(&cc.to_be_bytes());
-    for h in handles {
-        c.extend_from_slice(&h.to_be_bytes());
-    }
-    if password_session {
-        c.extend_from_slice(&9u32.to_be_bytes());
-        c.extend_from_slice(&0x4000_0009u32.to_be_bytes()); // TPM_RS_PW
-        c.extend_from_slice(&[0, 0, 0, 0, 0]); // empty nonce, attributes 0, empty password
-    }
-    c.extend_from_slice(params);
-    let len = c.len() as u32;
-    c[2..6].copy_from_slice(&len.to_be_bytes());
-    c
+    weles_tpm::commands::command(cc, handles, usize::from(password_session), params)
 }
 
 /// TPM2_PCR_Read of one PCR in every bank.
