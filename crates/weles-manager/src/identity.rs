@@ -8,14 +8,11 @@ use std::str::FromStr;
 use sha2::Digest as _;
 use ssh_key::private::Ed25519Keypair;
 use ssh_key::{HashAlg, LineEnding, PrivateKey};
-use x509_cert::builder::profile::BuilderProfile;
+use x509_cert::Certificate;
 use x509_cert::der::{Decode, Encode};
-use x509_cert::ext::Extension;
 use x509_cert::ext::ToExtension;
-use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages};
+use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, KeyUsages};
 use x509_cert::name::Name;
-use x509_cert::spki::SubjectPublicKeyInfoRef;
-use x509_cert::{Certificate, TbsCertificate};
 use zeroize::Zeroizing;
 
 fn random32() -> Result<Zeroizing<[u8; 32]>, String> {
@@ -48,10 +45,20 @@ pub fn sshsig(key: &PrivateKey, namespace: &str, msg: &[u8]) -> Result<String, S
 /// A new TLS key (PKCS#8 DER) and its self-signed certificate (DER), ten years.
 pub fn new_tls() -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), String> {
     use p256::pkcs8::EncodePrivateKey;
-    use weles_vtpm::manufacture::{issue, new_p256_key, p256_spki};
+    use weles_vtpm::manufacture::{Profile, issue, new_p256_key, p256_spki};
     let key = new_p256_key()?;
     let subject = Name::from_str("CN=welesd tenant API,O=WELES").map_err(|e| e.to_string())?;
-    let cert = issue(TlsProfile { subject }, p256_spki(&key)?, &key, 10 * 365)?;
+    let eku = ExtendedKeyUsage(vec![x509_cert::der::oid::db::rfc5280::ID_KP_SERVER_AUTH])
+        .to_extension(&subject, &[])
+        .map_err(|e| e.to_string())?;
+    let profile = Profile {
+        issuer: subject.clone(),
+        subject,
+        ca: false,
+        key_usage: KeyUsage(KeyUsages::DigitalSignature.into()),
+        extra: vec![eku],
+    };
+    let cert = issue(profile, p256_spki(&key)?, &key, 10 * 365)?;
     let der = cert.to_der().map_err(|e| e.to_string())?;
     let key_der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
     Ok((Zeroizing::new(key_der.as_bytes().to_vec()), der))
@@ -66,38 +73,6 @@ pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], String> {
         .to_der()
         .map_err(|e| e.to_string())?;
     Ok(sha2::Sha256::digest(&spki).into())
-}
-
-struct TlsProfile {
-    subject: Name,
-}
-
-impl BuilderProfile for TlsProfile {
-    fn get_issuer(&self, _subject: &Name) -> Name {
-        self.subject.clone()
-    }
-
-    fn get_subject(&self) -> Name {
-        self.subject.clone()
-    }
-
-    fn build_extensions(
-        &self,
-        _spk: SubjectPublicKeyInfoRef<'_>,
-        _issuer_spk: SubjectPublicKeyInfoRef<'_>,
-        tbs: &TbsCertificate,
-    ) -> x509_cert::builder::Result<Vec<Extension>> {
-        Ok(vec![
-            BasicConstraints {
-                ca: false,
-                path_len_constraint: None,
-            }
-            .to_extension(tbs.subject(), &[])?,
-            KeyUsage(KeyUsages::DigitalSignature.into()).to_extension(tbs.subject(), &[])?,
-            ExtendedKeyUsage(vec![x509_cert::der::oid::db::rfc5280::ID_KP_SERVER_AUTH])
-                .to_extension(tbs.subject(), &[])?,
-        ])
-    }
 }
 
 #[cfg(test)]

@@ -145,20 +145,32 @@ pub fn new_ca(common_name: &str) -> Result<(zeroize::Zeroizing<String>, String),
     let subject =
         Name::from_str(&format!("CN={},O=WELES", escape(common_name))).map_err(|e| err(&e))?;
     let spki = p256_spki(&key).map_err(|e| err(&e))?;
-    let cert = issue(CaProfile { subject }, spki, &key, 20 * 365).map_err(|e| err(&e))?;
+    let profile = Profile {
+        issuer: subject.clone(),
+        subject,
+        ca: true,
+        key_usage: KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign),
+        extra: Vec::new(),
+    };
+    let cert = issue(profile, spki, &key, 20 * 365).map_err(|e| err(&e))?;
     let cert_pem = cert.to_pem(LineEnding::LF).map_err(|e| err(&e))?;
     let key_pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| err(&e))?;
     Ok((zeroize::Zeroizing::new(key_pem.to_string()), cert_pem))
 }
 
-/// A root CA that signs only certificates (EK certificates).
-struct CaProfile {
-    subject: Name,
+/// The shape of every certificate WELES issues: issuer and subject, basic constraints (a CA
+/// may issue only end-entity certificates: path length 0), key usage, further extensions.
+pub struct Profile {
+    pub issuer: Name,
+    pub subject: Name,
+    pub ca: bool,
+    pub key_usage: KeyUsage,
+    pub extra: Vec<Extension>,
 }
 
-impl BuilderProfile for CaProfile {
+impl BuilderProfile for Profile {
     fn get_issuer(&self, _subject: &Name) -> Name {
-        self.subject.clone()
+        self.issuer.clone()
     }
 
     fn get_subject(&self) -> Name {
@@ -171,15 +183,16 @@ impl BuilderProfile for CaProfile {
         _issuer_spk: SubjectPublicKeyInfoRef<'_>,
         tbs: &TbsCertificate,
     ) -> x509_cert::builder::Result<Vec<Extension>> {
-        Ok(vec![
+        let mut extensions = vec![
             BasicConstraints {
-                ca: true,
-                path_len_constraint: Some(0),
+                ca: self.ca,
+                path_len_constraint: self.ca.then_some(0),
             }
             .to_extension(tbs.subject(), &[])?,
-            KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)
-                .to_extension(tbs.subject(), &[])?,
-        ])
+            self.key_usage.to_extension(tbs.subject(), &[])?,
+        ];
+        extensions.extend(self.extra.iter().cloned());
+        Ok(extensions)
     }
 }
 
@@ -428,43 +441,6 @@ fn rsa_spki(modulus: &[u8], exponent: u32) -> Vec<u8> {
     der_tlv(0x30, &[alg, der_tlv(0x03, &bits)].concat())
 }
 
-/// The EK certificate profile: a leaf for a decryption-only key, issued by the CA.
-struct EkProfile {
-    issuer: Name,
-    subject: Name,
-    key_usage: KeyUsages,
-    /// The TCG EK Credential Profile's extensions (TPM attributes, EK purpose).
-    tcg: Vec<Extension>,
-}
-
-impl BuilderProfile for EkProfile {
-    fn get_issuer(&self, _subject: &Name) -> Name {
-        self.issuer.clone()
-    }
-
-    fn get_subject(&self) -> Name {
-        self.subject.clone()
-    }
-
-    fn build_extensions(
-        &self,
-        _spk: SubjectPublicKeyInfoRef<'_>,
-        _issuer_spk: SubjectPublicKeyInfoRef<'_>,
-        tbs: &TbsCertificate,
-    ) -> x509_cert::builder::Result<Vec<Extension>> {
-        let mut extensions = vec![
-            BasicConstraints {
-                ca: false,
-                path_len_constraint: None,
-            }
-            .to_extension(tbs.subject(), &[])?,
-            KeyUsage(self.key_usage.into()).to_extension(tbs.subject(), &[])?,
-        ];
-        extensions.extend(self.tcg.iter().cloned());
-        Ok(extensions)
-    }
-}
-
 fn certificate(
     ca: &Ca,
     spki: SubjectPublicKeyInfoOwned,
@@ -478,15 +454,20 @@ fn certificate(
         escape(vtpm_id)
     ))
     .map_err(|e| err(&e))?;
-    let profile = EkProfile {
+    // A leaf for a decryption-only key, with the TCG EK Credential Profile's extensions.
+    let profile = Profile {
         issuer: ca.subject.clone(),
         subject,
-        key_usage: if kind == "rsa" {
-            KeyUsages::KeyEncipherment
-        } else {
-            KeyUsages::KeyAgreement
-        },
-        tcg: tcg_extensions(tpm).map_err(|e| err(&e))?,
+        ca: false,
+        key_usage: KeyUsage(
+            if kind == "rsa" {
+                KeyUsages::KeyEncipherment
+            } else {
+                KeyUsages::KeyAgreement
+            }
+            .into(),
+        ),
+        extra: tcg_extensions(tpm).map_err(|e| err(&e))?,
     };
     let cert = issue(profile, spki, &ca.key, 20 * 365).map_err(|e| err(&e))?;
     cert.to_der().map_err(|e| err(&e))
