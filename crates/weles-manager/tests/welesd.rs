@@ -22,16 +22,19 @@ impl Drop for Welesd {
     }
 }
 
-fn start(dir: &Path) -> Welesd {
-    let child = Command::new(env!("CARGO_BIN_EXE_welesd"))
-        .arg("--state-dir")
+/// welesd on this test's directories, the tenant API on any free port.
+fn welesd(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_welesd"));
+    c.arg("--state-dir")
         .arg(dir.join("state"))
         .arg("--run-dir")
         .arg(dir.join("run"))
-        .args(["--tenant-api", "127.0.0.1:0"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .args(["--tenant-api", "127.0.0.1:0"]);
+    c
+}
+
+fn start(dir: &Path) -> Welesd {
+    let child = welesd(dir).stderr(Stdio::null()).spawn().unwrap();
     let mut d = Welesd {
         child,
         dir: dir.to_owned(),
@@ -233,14 +236,7 @@ fn a_restarted_manager_adopts_the_running_vtpm_and_refuses_a_rolled_back_store()
     // The host's administrator restores the store from before the VM existed.
     let newer = std::fs::read(&store).unwrap();
     std::fs::write(&store, &old).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_welesd"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--run-dir")
-        .arg(dir.join("run"))
-        .args(["--tenant-api", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let out = welesd(&dir).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("welesd.sealed"), "{err}");
@@ -253,14 +249,7 @@ fn a_restarted_manager_adopts_the_running_vtpm_and_refuses_a_rolled_back_store()
     let full = std::fs::read_to_string(&audit).unwrap();
     let first = full.lines().next().unwrap();
     std::fs::write(&audit, format!("{first}\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_welesd"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--run-dir")
-        .arg(dir.join("run"))
-        .args(["--tenant-api", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let out = welesd(&dir).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
