@@ -85,6 +85,21 @@ impl Env {
         Kill(child)
     }
 
+    /// Makes an SSH key for `tenant` (files TENANT, TENANT.pub) and registers the tenant.
+    fn register(&self, tenant: &str) {
+        self.sh(&format!(
+            "ssh-keygen -q -t ed25519 -N '' -C {tenant} -f {tenant}"
+        ));
+        let key = std::fs::read_to_string(self.dir.join(format!("{tenant}.pub"))).unwrap();
+        assert!(matches!(
+            self.operator(OperatorRequest::RegisterTenant {
+                name: tenant.into(),
+                ssh_key: key
+            }),
+            OperatorReply::Tenant(_)
+        ));
+    }
+
     fn socket(&self) -> PathBuf {
         self.dir.join("run/operator.sock")
     }
@@ -241,36 +256,11 @@ fn write_policy(dir: &Path, name: &str, version: u64) {
 
 #[test]
 fn a_tenant_trusts_pushes_watches_and_is_refused_where_it_must_be() {
-    let dir = std::env::temp_dir().join(format!("weles-tenant-flow-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let env = Env { dir: dir.clone() };
-    // A fixed port: the tenant's trust names it, and it must survive a manager restart.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.join("welesd.toml"),
-        format!(
-            "state_dir = \"{0}/state\"\nrun_dir = \"{0}/run\"\ntenant_api = \"127.0.0.1:{port}\"\n[vtpm]\ndata_socket = true\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    env.sh("ssh-keygen -q -t ed25519 -N '' -C acme -f acme && ssh-keygen -q -t ed25519 -N '' -C bob -f bob");
-    let mut welesd = Some(env.start_welesd());
-    for t in ["acme", "bob"] {
-        let key = std::fs::read_to_string(dir.join(format!("{t}.pub"))).unwrap();
-        assert!(matches!(
-            env.operator(OperatorRequest::RegisterTenant {
-                name: t.into(),
-                ssh_key: key
-            }),
-            OperatorReply::Tenant(_)
-        ));
-    }
+    let (env, welesd) = manager_env("tenant-flow");
+    let dir = env.dir.clone();
+    let mut welesd = Some(welesd);
+    env.register("acme");
+    env.register("bob");
     assert!(matches!(
         env.operator(OperatorRequest::CreateVm {
             tenant: "acme".into(),
@@ -652,13 +642,14 @@ fn start_receiver() -> Receiver {
     Receiver { addr, got, refused }
 }
 
-/// welesd with tenant acme registered and trusted, and acme's signed policy v4.toml.
-fn setup(name: &str) -> (Env, Kill) {
+/// A fresh directory and a welesd on it (its tenant API on a fixed port: the trust names it, and
+/// it must survive a manager restart; each vTPM's data channel on a socket, for the tests to
+/// play the kernel).
+fn manager_env(name: &str) -> (Env, Kill) {
     let dir = std::env::temp_dir().join(format!("weles-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let env = Env { dir: dir.clone() };
-    // A fixed port: the trust names it, and it must survive a manager restart.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -672,13 +663,15 @@ fn setup(name: &str) -> (Env, Kill) {
         ),
     )
     .unwrap();
-    env.sh("ssh-keygen -q -t ed25519 -N '' -C acme -f acme");
     let welesd = env.start_welesd();
-    let key = std::fs::read_to_string(dir.join("acme.pub")).unwrap();
-    env.operator(OperatorRequest::RegisterTenant {
-        name: "acme".into(),
-        ssh_key: key,
-    });
+    (env, welesd)
+}
+
+/// welesd with tenant acme registered and trusted, and acme's signed policy v4.toml.
+fn setup(name: &str) -> (Env, Kill) {
+    let (env, welesd) = manager_env(name);
+    let dir = env.dir.clone();
+    env.register("acme");
     let url = env.api_url();
     env.ok(
         "acme",
