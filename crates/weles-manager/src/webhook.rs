@@ -4,8 +4,9 @@
 //! The body is the event as the event stream shows it; `X-Weles-Event` carries its number (the
 //! audit record's: receivers drop numbers they have seen) and `X-Weles-Signature` is
 //! `sha256=` + HMAC-SHA256(secret, body) in hex. The cursor (the last number accepted) is sealed
-//! in the store after each delivery, so a restarted manager neither skips nor repeats one that
-//! was accepted before the restart. Only `http://` URLs are delivered today (a relay on the
+//! in the store after each delivery, so a restarted manager skips none and repeats none whose
+//! acceptance it had sealed; a manager killed between the receiver's 2xx and that seal sends
+//! the one event again under the same number (at least once, never out of order). Only `http://` URLs are delivered today (a relay on the
 //! tenant's side can forward to HTTPS).
 
 use std::io::BufReader;

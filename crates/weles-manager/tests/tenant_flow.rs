@@ -513,6 +513,22 @@ fn a_tenant_trusts_pushes_watches_and_is_refused_where_it_must_be() {
         .to_owned();
     assert_eq!(sig, &format!("sha256={expected}"));
     let delivered_before = accepted.len();
+    // The receiver has answered; wait until the manager has sealed that answer in its cursor.
+    // (A manager killed between the two sends that one event again, under the same
+    // X-Weles-Event number: the documented at-least-once window.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let show = env.ok("acme", &["webhook", "show", "--json"]);
+        let show: serde_json::Value = serde_json::from_str(&show).unwrap();
+        if show["delivered"].as_u64() == seqs.last().copied() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cursor never caught up: {show}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // welesd dies without warning; the vTPM and the agent carry on; the new welesd rebuilds the
     // VM's state from the vTPM's event backlog and the agent's log.
