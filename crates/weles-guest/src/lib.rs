@@ -37,6 +37,9 @@ pub struct Options {
     /// Serve sshd's `HostKeyAgent` here (the host key in the vTPM, signing with the manager's
     /// authorization).
     pub agent_socket: Option<PathBuf>,
+    /// Where to write the host key's public half once the manager accepted it (sshd's
+    /// `HostKey`, beside `HostKeyAgent`).
+    pub host_key: Option<PathBuf>,
     /// Where to keep the host certificate the manager issues (sshd's `HostCertificate`).
     pub host_certificate: Option<PathBuf>,
     /// A shell command run after each new certificate (e.g. `systemctl reload ssh`).

@@ -38,6 +38,10 @@ struct Cli {
     /// signing only with the manager's authorization.
     #[arg(long)]
     agent_socket: Option<PathBuf>,
+    /// Write the host key's public half here once the manager accepts it, for sshd's `HostKey`
+    /// line (sshd signs through `--agent-socket`).
+    #[arg(long)]
+    host_key: Option<PathBuf>,
     /// Keep the host certificate the manager issues here, for sshd's `HostCertificate`.
     #[arg(long)]
     host_certificate: Option<PathBuf>,
@@ -56,6 +60,7 @@ fn main() -> std::process::ExitCode {
         poll: Duration::from_millis(cli.poll_ms),
         once: cli.once,
         agent_socket: cli.agent_socket,
+        host_key: cli.host_key,
         host_certificate: cli.host_certificate,
         on_certificate: cli.on_certificate,
     };

@@ -54,6 +54,16 @@ pub fn key_blob(public: &EccPublic) -> Vec<u8> {
     b
 }
 
+/// The host key as an OpenSSH public key line (what sshd's `HostKey` names beside
+/// `HostKeyAgent`).
+pub fn public_key_line(public: &EccPublic) -> String {
+    use base64ct::Encoding;
+    format!(
+        "{ALG} {} weles-vtpm-host-key\n",
+        base64ct::Base64::encode_string(&key_blob(public))
+    )
+}
+
 /// Serves the agent socket until the process ends.
 pub fn serve(path: &Path, tpm: PathBuf, gate: Arc<Gate>) -> io::Result<()> {
     if path.exists() {
@@ -100,7 +110,8 @@ fn connection(mut s: UnixStream, tpm: &Path, gate: &Gate) {
     }
 }
 
-fn host_key(tpm: &Path, gate: &Gate) -> Result<(u32, EccPublic), String> {
+/// The host key the manager set up: its handle and public area, read from the TPM.
+pub fn host_key(tpm: &Path, gate: &Gate) -> Result<(u32, EccPublic), String> {
     let setup = gate.setup().ok_or("the manager has not set up signing")?;
     let mut t = Tpm::open(tpm).map_err(|e| format!("TPM {}: {e}", tpm.display()))?;
     let r = t

@@ -1,7 +1,7 @@
 //! Streaming the IMA log: from the offset the manager wants, then whatever is appended.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::mpsc::{self, RecvTimeoutError};
 
 use weles_proto::guest::{self, GuestMessage, Hello, HostKeyReport, ManagerMessage};
@@ -140,6 +140,9 @@ fn pump(
                         "weles-guest: the manager accepted the host key {}",
                         r.fingerprint.as_deref().unwrap_or("")
                     );
+                    if let Err(e) = install_host_key(opts, gate) {
+                        eprintln!("weles-guest: host key: {e}");
+                    }
                 } else {
                     eprintln!(
                         "weles-guest: the manager refused the host key: {}",
@@ -175,15 +178,37 @@ fn open_at(path: &std::path::Path, offset: u64) -> io::Result<Cursor> {
     Ok(Cursor { file, offset })
 }
 
+/// Writes the accepted host key's public line where sshd's `HostKey` names it.
+fn install_host_key(opts: &Options, gate: &Gate) -> Result<(), String> {
+    let Some(path) = &opts.host_key else {
+        return Ok(());
+    };
+    let (_, public) = crate::ssh_agent::host_key(&opts.tpm, gate)?;
+    write_atomically(path, &crate::ssh_agent::public_key_line(&public))
+}
+
+/// Replaces `path` whole: sshd never reads a half-written file. Mode 0600, because sshd tries
+/// a `HostKey` path as a private key first and refuses group- or world-readable ones.
+fn write_atomically(path: &std::path::Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Writes the certificate where sshd reads it (atomically), then runs the reload command.
 fn install_certificate(opts: &Options, certificate: &str) -> Result<(), String> {
     let Some(path) = &opts.host_certificate else {
         return Ok(());
     };
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{}\n", certificate.trim()))
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    write_atomically(path, &format!("{}\n", certificate.trim()))?;
     if let Some(cmd) = &opts.on_certificate {
         let status = std::process::Command::new("sh")
             .arg("-c")

@@ -211,6 +211,8 @@ impl Env {
                                 a.into(),
                                 "--host-certificate".into(),
                                 self.dir.join(format!("{vm}-cert.pub")).into(),
+                                "--host-key".into(),
+                                self.dir.join(format!("{vm}-key.pub")).into(),
                             ]
                         })
                         .unwrap_or_default(),
@@ -1166,15 +1168,6 @@ fn a_stock_ssh_login_succeeds_only_while_the_vm_complies() {
     let s = env.wait_vm("web", |s| {
         s["host_certificate"].is_string() && s["state"] == "compliant"
     });
-    let key = s["host_key"].as_str().unwrap().to_owned();
-    let host_pub = env.dir.join("hostkey.pub");
-    std::fs::write(&host_pub, format!("{key}\n")).unwrap();
-    // sshd looks for a private key at the HostKey path first and minds its mode.
-    std::fs::set_permissions(
-        &host_pub,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
 
     // The certificate the guest got: for the policy's host name, from the tenant's CA, WELES
     // facts in extensions and no critical options.
@@ -1187,6 +1180,11 @@ fn a_stock_ssh_login_succeeds_only_while_the_vm_complies() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The agent wrote the accepted host key for sshd's HostKey line: the key the manager shows.
+    let key = s["host_key"].as_str().unwrap().to_owned();
+    let host_pub = env.dir.join("web-key.pub");
+    let written = std::fs::read_to_string(&host_pub).unwrap();
+    assert!(written.starts_with(&key), "{written} vs {key}");
     let listing = Command::new("ssh-keygen")
         .arg("-L")
         .arg("-f")
