@@ -38,6 +38,11 @@ const REPLAY_HISTORY: usize = 256;
 /// Violations reported per delivery; the rest are counted.
 const MAX_REPORTED: usize = 100;
 
+/// A `pending` shorter than this is not announced. Every measurement passes through it — the
+/// vTPM reports the extend before the guest's log bytes arrive — so announcing each would make
+/// two events (and audit records, and webhook calls) of every program a VM runs.
+pub const PENDING_QUIET: Duration = Duration::from_millis(500);
+
 /// A VM's integrity state. The names are a stable interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -140,6 +145,8 @@ pub struct Monitor {
     /// A boot id that must *not* be accepted (the agent of the boot before the last reboot).
     stale_boot_id: Option<String>,
     pending_since: Option<Instant>,
+    /// In `pending` that has not been announced yet: the state the tenant last heard of.
+    quiet_pending_from: Option<VmState>,
     violation: Option<Finding>,
     boots: u64,
 }
@@ -167,6 +174,7 @@ impl Monitor {
             hello_ms: 0,
             stale_boot_id: None,
             pending_since: None,
+            quiet_pending_from: None,
             violation: None,
             boots: 0,
         }
@@ -473,16 +481,34 @@ impl Monitor {
             } else if self.state != VmState::Unverifiable {
                 // Once unverifiable, only catching up (above) makes it compliant again.
                 self.set_state(VmState::Pending, &reason, step);
+                if now.saturating_duration_since(since) >= PENDING_QUIET
+                    && let Some(from) = self.quiet_pending_from.take()
+                {
+                    step.notices.push(Notice::State {
+                        from,
+                        to: VmState::Pending,
+                        reason,
+                    });
+                }
             }
         }
     }
 
+    /// Moves to `to`; the change is a notice unless it enters `pending` (announced only once it
+    /// lasts [`PENDING_QUIET`]) or leaves an unannounced `pending` for the state it came from.
     fn set_state(&mut self, to: VmState, reason: &str, step: &mut Step) {
         let from = self.state;
-        let changed = from != to;
         self.state = to;
         self.reason = reason.to_owned();
-        if changed {
+        if from == to {
+            return;
+        }
+        if to == VmState::Pending {
+            self.quiet_pending_from = Some(from);
+            return;
+        }
+        let from = self.quiet_pending_from.take().unwrap_or(from);
+        if from != to {
             step.notices.push(Notice::State {
                 from,
                 to,
@@ -493,9 +519,15 @@ impl Monitor {
 
     /// When the monitor next needs [`Monitor::on_tick`].
     pub fn deadline(&self) -> Option<Instant> {
-        self.pending_since
-            .filter(|_| self.state == VmState::Pending)
-            .map(|s| s + self.grace())
+        let since = self
+            .pending_since
+            .filter(|_| self.state == VmState::Pending)?;
+        let grace = self.grace();
+        Some(if self.quiet_pending_from.is_some() {
+            since + grace.min(PENDING_QUIET)
+        } else {
+            since + grace
+        })
     }
 }
 
@@ -524,6 +556,9 @@ pub struct Checkpoint {
     pub violation: Option<Finding>,
     pub boots: u64,
     pub pending: bool,
+    /// In a `pending` not yet announced: the state the tenant last heard of.
+    #[serde(default)]
+    pub quiet_pending_from: Option<VmState>,
 }
 
 fn digest_text(d: &Digest) -> String {
@@ -559,6 +594,7 @@ impl Monitor {
             violation: self.violation.clone(),
             boots: self.boots,
             pending: self.pending_since.is_some(),
+            quiet_pending_from: self.quiet_pending_from,
         }
     }
 
@@ -600,6 +636,7 @@ impl Monitor {
             hello_ms: cp.hello_ms,
             stale_boot_id: cp.stale_boot_id.clone(),
             pending_since: cp.pending.then_some(now),
+            quiet_pending_from: cp.quiet_pending_from,
             violation: cp.violation.clone(),
             boots: cp.boots,
         })

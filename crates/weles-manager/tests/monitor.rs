@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use weles_ima::write::{binary_entry, d_ng, n_ng, template_data};
 use weles_ima::{ByteOrder, HashAlgorithm, log::parse_all};
-use weles_manager::monitor::{Monitor, Notice, VmState};
+use weles_manager::monitor::{Monitor, Notice, PENDING_QUIET, VmState};
 use weles_manager::testing::{extend_records, zero_pcrs};
 use weles_policy::Policy;
 use weles_proto::guest::Hello;
@@ -162,8 +162,13 @@ fn a_withheld_log_is_pending_then_unverifiable_then_compliant_once_delivered() {
     let t = Instant::now();
     let mut m = booted(&records, t);
     let half = log.len() / 2;
-    m.on_log(0, &log[..half], t);
+    let step = m.on_log(0, &log[..half], t);
     assert_eq!(m.state(), VmState::Pending);
+    // A short pending is every measurement's lot: announced only once it lasts.
+    assert_eq!(states(&step.notices), []);
+    assert_eq!(m.deadline(), Some(t + PENDING_QUIET), "the quiet period");
+    let step = m.on_tick(t + PENDING_QUIET);
+    assert_eq!(states(&step.notices), [VmState::Pending]);
     assert_eq!(
         m.deadline(),
         Some(t + Duration::from_secs(2)),
@@ -181,6 +186,51 @@ fn a_withheld_log_is_pending_then_unverifiable_then_compliant_once_delivered() {
     // Late, but the whole history replays: compliant again.
     m.on_log(half as u64, &log[half..], t + Duration::from_secs(3));
     assert_eq!(m.state(), VmState::Compliant);
+}
+
+#[test]
+fn a_log_that_catches_up_within_the_quiet_period_makes_no_event() {
+    let log = real_log();
+    let (_, entries) = parse_all(&log, Default::default()).unwrap();
+    let records = extend_records(&entries, &mut zero_pcrs(), 2);
+    let t = Instant::now();
+    let mut m = booted(&records[..records.len() - 1], t);
+    let last = entries.last().unwrap().offset as usize;
+    m.on_log(0, &log[..last], t);
+    assert_eq!(m.state(), VmState::Compliant);
+    // The kernel extends the last entry; its bytes arrive 100 ms later.
+    let mut step = m.on_vtpm(records.last().unwrap(), t);
+    step.notices
+        .extend(m.on_tick(t + Duration::from_millis(50)).notices);
+    assert_eq!(m.state(), VmState::Pending, "the status shows it at once");
+    step.notices.extend(
+        m.on_log(last as u64, &log[last..], t + Duration::from_millis(100))
+            .notices,
+    );
+    assert_eq!(m.state(), VmState::Compliant);
+    assert_eq!(
+        states(&step.notices),
+        [],
+        "compliant all along, to the tenant"
+    );
+    // Unannounced pending that ends in a violation: the tenant hears compliant → violated.
+    let mut forged = log.clone();
+    let at = forged.len() - 1;
+    forged[at] ^= 1;
+    let mut m = booted(&records[..records.len() - 1], t);
+    m.on_log(0, &forged[..last], t);
+    m.on_vtpm(records.last().unwrap(), t);
+    let step = m.on_log(last as u64, &forged[last..], t + Duration::from_millis(100));
+    assert_eq!(m.state(), VmState::Violated);
+    let from: Vec<_> = step
+        .notices
+        .iter()
+        .filter_map(|n| match n {
+            Notice::State { from, .. } => Some(*from),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(from, [VmState::Compliant]);
 }
 
 #[test]
