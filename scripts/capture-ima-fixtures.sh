@@ -17,35 +17,14 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-$ROOT/testdata/ima}
-CACHE=$ROOT/.cache/vm
-KVER=6.1.0-56-amd64
 WORK=$(mktemp -d)
 trap 'pkill -F "$WORK/swtpm.pid" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
+. "$ROOT/scripts/lib/setup.sh"
 log() { printf '[capture] %s\n' "$*" >&2; }
 
-need_pkgs=()
-for p in swtpm swtpm-tools busybox-static cpio ima-evm-utils gcc libc6-dev openssl; do
-  dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
-done
-for p in libcapstone4 libfdt1 libpmem1 librdmacm1 libibverbs1 libslirp0 libvdeplug2; do
-  dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
-done
-if ((${#need_pkgs[@]})); then
-  log "installing ${need_pkgs[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
-fi
-
-if [ ! -x "$CACHE/root/usr/bin/qemu-system-x86_64" ] || [ ! -f "$CACHE/root/boot/vmlinuz-$KVER" ]; then
-  log "fetching QEMU 7.2 and linux-image-$KVER from Debian into $CACHE"
-  mkdir -p "$CACHE/debs" "$CACHE/root"
-  (cd "$CACHE/debs" && apt-get download qemu-system-x86 qemu-system-common qemu-system-data seabios \
-      "linux-image-$KVER" >/dev/null 2>&1)
-  for f in "$CACHE"/debs/*.deb; do dpkg -x "$f" "$CACHE/root"; done
-fi
-QEMU=$CACHE/root/usr/bin/qemu-system-x86_64
-KERNEL=$CACHE/root/boot/vmlinuz-$KVER
+ensure_packages swtpm swtpm-tools busybox-static cpio ima-evm-utils gcc libc6-dev openssl
+ensure_guest_parts
 
 # --- signing keys (test only; private keys never leave $WORK) -------------------------------
 mkdir -p "$WORK/keys"
@@ -124,7 +103,7 @@ capture() {
       --pid file="$WORK/swtpm.pid" --daemon
   fi
   local t0=$SECONDS
-  timeout 180 "$QEMU" -L "$CACHE/root/usr/share/qemu" -L "$CACHE/root/usr/share/seabios" -accel tcg -cpu max \
+  timeout 180 "$QEMU" -L "${QEMU_FIRMWARE[0]}" -L "${QEMU_FIRMWARE[1]}" -accel tcg -cpu max \
     -m 1024 -smp 1 -nographic -no-reboot -nic none \
     -chardev socket,id=chrtpm,path="$WORK/vtpm/sock" -tpmdev emulator,id=tpm0,chardev=chrtpm \
     -device "${DEVICE:-tpm-tis}",tpmdev=tpm0 -kernel "$KERNEL" -initrd "$WORK/initrd.cpio.gz" \

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs all of them: format, lints, unit/integration/property
 # tests, fuzz-corpus replay, interop with the real ssh-keygen, openssl and tpm2-tools, verdict
-# parity with Keylime 7.14.3 (installed from PyPI into .cache/keylime-venv), and a QEMU guest
-# (Debian's kernel, fetched into .cache/vm) whose TPM is weles-vtpm.
+# parity with Keylime 7.14.3 (installed from PyPI into .cache/keylime-venv), a QEMU guest
+# (Debian's kernel, fetched into .cache/vm) whose TPM is weles-vtpm, and `weles demo` end to end
+# on the guest image of scripts/guest-image.sh.
 #
 #   bash scripts/test.sh          (Debian 12, as root; README Quickstart, and what CI runs)
 set -euo pipefail
@@ -30,4 +31,8 @@ WELES_KEYLIME_PYTHON=$kl_python cargo test --locked -p weles-cli --test keylime_
 WELES_KEYLIME_PYTHON=$kl_python cargo test --locked -p weles-vtpm --test manufacture -- --ignored
 log "QEMU guest with weles-vtpm as its TPM"
 cargo test --locked -p weles-vtpm --test qemu_guest -- --ignored
+log "weles demo end to end: welesd, a QEMU VM with IMA, stock ssh; Ctrl-C; --keep"
+bash scripts/guest-image.sh --guest-agent target/debug/weles-guest
+# One guest at a time: three TCG guests at once on two cores would test the machine, not WELES.
+cargo test --locked -p weles-cli --test demo -- --ignored --test-threads=1
 log "all tests passed in $((SECONDS - start)) s"

@@ -43,3 +43,38 @@ keylime_python() {
   fi
   echo "$venv/bin/python"
 }
+
+# ensure_guest_parts: QEMU 7.2, SeaBIOS and Debian's 6.1 kernel, unpacked from their Debian
+# packages (`apt-get download` + `dpkg -x`: installing qemu-system-x86 conflicts with the
+# qemu-utils of some images) into $ROOT/.cache/vm/root, plus the libraries QEMU loads. Sets QEMU,
+# QEMU_FIRMWARE (two -L directories), KERNEL, KVER and MODDIR.
+ensure_guest_parts() {
+  local cache="$ROOT/.cache/vm"
+  KVER=6.1.0-56-amd64
+  ensure_packages libaio1 libbpf1 libcapstone4 libdaxctl1 libfdt1 libfuse3-3 libglib2.0-0 \
+    libgnutls30 libibverbs1 libjpeg62-turbo libndctl6 libnuma1 libpmem1 libpng16-16 libpixman-1-0 \
+    librdmacm1 libsasl2-2 libseccomp2 libslirp0 liburing2 libvdeplug2 libzstd1
+  if [ ! -x "$cache/root/usr/bin/qemu-system-x86_64" ] || [ ! -f "$cache/root/boot/vmlinuz-$KVER" ]; then
+    log "fetching QEMU 7.2, SeaBIOS and linux-image-$KVER from Debian into $cache"
+    mkdir -p "$cache/debs" "$cache/root"
+    apt-get update -qq
+    (cd "$cache/debs" && apt-get download -q qemu-system-x86 qemu-system-common qemu-system-data \
+        seabios "linux-image-$KVER" >/dev/null)
+    local f
+    for f in "$cache"/debs/*.deb; do dpkg -x "$f" "$cache/root"; done
+  fi
+  if [ ! -f "$cache/root/lib/modules/$KVER/modules.dep" ]; then
+    # The package leaves modules.dep to depmod at install time.
+    ensure_packages kmod
+    /sbin/depmod -b "$cache/root" "$KVER"
+  fi
+  QEMU=$cache/root/usr/bin/qemu-system-x86_64
+  QEMU_FIRMWARE=("$cache/root/usr/share/qemu" "$cache/root/usr/share/seabios")
+  KERNEL=$cache/root/boot/vmlinuz-$KVER
+  MODDIR=$cache/root/lib/modules/$KVER
+  local out
+  if ! out=$("$QEMU" --version 2>&1); then
+    echo "QEMU at $QEMU does not run: $out" >&2
+    return 1
+  fi
+}

@@ -1,6 +1,7 @@
 //! `weles`: the WELES command line for tenants and operators.
 
 mod audit_cmd;
+mod demo;
 mod ima_cmd;
 mod operator_cmd;
 mod policy_cmd;
@@ -54,6 +55,14 @@ enum Command {
     /// Verify a manager's audit log offline.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// See it all work on this machine: welesd, a QEMU VM with IMA and its vTPM, a signed
+    /// policy, stock ssh — then a tampered binary, the violation, and the refused login.
+    ///
+    /// Needs root, the binaries of this build (welesd beside weles) and a guest image from
+    /// `bash scripts/guest-image.sh` (`bash scripts/quickstart.sh` does all of it). Takes about a
+    /// minute without KVM. Everything it starts is stopped at the end, also on Ctrl-C, unless
+    /// --keep.
+    Demo(demo::DemoArgs),
 }
 
 /// How a command that ran to completion ended. Errors (exit 2) are returned as `Err` instead.
@@ -74,6 +83,7 @@ fn main() -> ExitCode {
         Command::Audit(c) => audit_cmd::run(c),
         Command::Webhook(c) => tenant_cmd::webhook(c),
         Command::SshConfig(a) => tenant_cmd::ssh_config(a),
+        Command::Demo(a) => demo::run(a),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
