@@ -296,6 +296,9 @@ impl Demo {
             bail!("ssh to the violated VM succeeded");
         }
         self.show(&String::from_utf8_lossy(&o.stderr));
+        // Failing is not enough: it must fail because the signature was refused.
+        let refused = self.wait_console("agent refused operation", Duration::from_secs(5))?;
+        self.say(&format!("the guest's sshd: {}", refused.trim()));
         self.say("sshd could not sign the handshake: the vTPM host key needs the manager's live authorization.");
         self.end(t);
 
@@ -488,6 +491,25 @@ impl Demo {
             }
             std::thread::sleep(Duration::from_millis(500));
             c = self.ssh_command(command);
+        }
+    }
+
+    /// Waits for a line of the guest's console (its sshd logs there) containing `needle`.
+    fn wait_console(&self, needle: &str, limit: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let console = std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default();
+            if let Some(line) = console.lines().rev().find(|l| l.contains(needle)) {
+                return Ok(line.to_owned());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "ssh failed, but the guest's sshd never reported the refused signature \
+                     (\"{needle}\" in {}/console.log)",
+                    self.dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
