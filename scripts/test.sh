@@ -13,8 +13,9 @@ cd "$ROOT"
 
 ensure_rust
 # libtpms-dev: weles-vtpm links libtpms. tpm2-tools + the swtpm TCTI: interop tests. swtpm: the
-# host TPM of the monotonic-counter tests. openssh-server: the SSH login tests start their own sshd.
-ensure_packages openssh-client openssh-server openssl coreutils python3 libtpms-dev tpm2-tools libtss2-tcti-swtpm0 swtpm
+# host TPM of the monotonic-counter and host-attestation tests (swtpm-tools: swtpm_setup and its
+# local CA make its EK certificates). openssh-server: the SSH login tests start their own sshd.
+ensure_packages openssh-client openssh-server openssl coreutils python3 libtpms-dev tpm2-tools libtss2-tcti-swtpm0 swtpm swtpm-tools
 start=$SECONDS
 
 log "cargo fmt --check"

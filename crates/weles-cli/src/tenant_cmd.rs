@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use weles_proto::api::{self, EventPage, Evidence, PolicyUpload, VmStatus};
 
 use crate::{Outcome, read_file};
-use weles_client::{self as manager_client, Connection, Signer, Trust};
+use weles_client::{self as manager_client, Connection, Signer, Trust, host_verify};
 
 #[derive(Subcommand)]
 pub enum ManagerCommand {
@@ -41,6 +41,14 @@ pub struct TrustArgs {
     /// Accept evidence from the simulated TEE (development and tests only: no protection).
     #[arg(long)]
     allow_simulated: bool,
+    /// Attest the manager's host with its TPM: the CA certificate (PEM or DER) of the TPM's
+    /// maker that must have signed the EK certificate; repeatable. Needs --host-policy.
+    #[arg(long, value_name = "CA_CERT", requires = "host_policy")]
+    host_ca: Vec<PathBuf>,
+    /// The host policy (TOML, as `weles policy`; `[host] pcrs` lists measured-boot reference
+    /// values): the host's IMA log must comply and PCRs 0–9 match.
+    #[arg(long, value_name = "POLICY", requires = "host_ca")]
+    host_policy: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -121,16 +129,48 @@ fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
     getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
     let nonce = hex::encode(nonce);
     let mut conn = Connection::open(&a.url, None)?;
+    // With --host-ca: a credential for the host's AK rides along with the nonce.
+    let host_trust = match &a.host_policy {
+        Some(p) => Some(host_trust(&a.host_ca, p)?),
+        None => None,
+    };
+    let mut challenge = None;
+    if host_trust.is_some() {
+        let r = conn.request("GET", "/v1/host", b"", None)?;
+        if r.status == 404 {
+            bail!(
+                "the manager does not attest its host (it has no host TPM configured);                  trust it without --host-ca, or ask its operator"
+            );
+        }
+        let keys: api::HostKeys = manager_client::json(&r)?;
+        challenge = Some(host_verify::make_challenge(&keys)?);
+    }
     let body = serde_json::to_vec(&api::EvidenceRequest {
         nonce: nonce.clone(),
+        credential: challenge.as_ref().map(|(c, _)| c.clone()),
     })?;
     let r = conn.request("POST", "/v1/evidence", &body, None)?;
     let ev: Evidence = manager_client::json(&r)?;
     let seen = hex::encode(conn.seen_spki);
-    let checks = verify_evidence(&ev, &nonce, &seen);
+    let checks = manager_client::verify_evidence(&ev, &nonce, &seen);
     if let Err(e) = checks {
         bail!("the manager's evidence does not check out: {e}");
     }
+    let host = match (&host_trust, &challenge) {
+        (Some(trust), Some((_, secret))) => {
+            let Some(h) = &ev.host else {
+                bail!("the manager's evidence carries no host TPM evidence");
+            };
+            Some(host_verify::verify(
+                h,
+                &nonce,
+                &ev.manager_key,
+                secret,
+                trust,
+            )?)
+        }
+        _ => None,
+    };
     if ev.tee == "sim" && !a.allow_simulated {
         eprintln!(
             "weles: the manager runs on the simulated TEE (`sim`): its evidence is consistent but no \
@@ -155,6 +195,10 @@ fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
         trusted_at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis() as u64,
+        host: host.as_ref().map(|h| manager_client::TrustedHost {
+            ek_certificate_sha256: h.ek_certificate_sha256.clone(),
+            ak_sha256: h.ak_sha256.clone(),
+        }),
     };
     let path = manager_client::save_trust(&t)?;
     if a.json {
@@ -173,45 +217,60 @@ fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
             t.url, ev.manager_version, ev.tee
         );
         println!("  manager key {}", t.manager_key);
+        match &host {
+            Some(h) => println!(
+                "  host attested by its TPM: EK certificate sha256 {}, AK sha256 {} (bound \
+                 into the report data), {} IMA entries comply, reference PCRs {:?}",
+                h.ek_certificate_sha256, h.ak_sha256, h.ima_entries, h.reference_pcrs
+            ),
+            None if ev.host.is_some() => {
+                println!("  host: TPM evidence present but not checked (no --host-ca)")
+            }
+            None => println!("  host: not attested"),
+        }
         println!("  TLS key sha256 {}", t.tls_spki_sha256);
         println!("  pinned in {}", path.display());
     }
     Ok(Outcome::Success)
 }
 
-/// The checks every backend shares: our nonce, the report data binding nonce, M and the TLS
-/// key we saw, M's signature; for `sim`, the report restates the report data.
-fn verify_evidence(ev: &Evidence, nonce: &str, seen_spki: &str) -> anyhow::Result<()> {
-    if ev.nonce != nonce {
-        bail!("it answers another nonce (a replayed answer?)");
+/// The tenant's host trust: the TPM makers' CAs and the host policy.
+fn host_trust(cas: &[PathBuf], policy: &std::path::Path) -> anyhow::Result<host_verify::HostTrust> {
+    let mut ek_cas = Vec::new();
+    for ca in cas {
+        let bytes = std::fs::read(ca).with_context(|| ca.display().to_string())?;
+        let der = match std::str::from_utf8(&bytes)
+            .ok()
+            .filter(|t| t.contains("-----BEGIN"))
+        {
+            Some(t) => pem_certificate(t).with_context(|| ca.display().to_string())?,
+            None => bytes,
+        };
+        ek_cas.push(der);
     }
-    if ev.tls_spki_sha256 != seen_spki {
-        bail!(
-            "it names TLS key {} but this connection used {seen_spki} (a relay?)",
-            ev.tls_spki_sha256
-        );
+    let text = std::fs::read(policy).with_context(|| policy.display().to_string())?;
+    let policy = weles_policy::Policy::load(&text, &policy.display().to_string())?;
+    Ok(host_verify::HostTrust {
+        ek_cas,
+        policy,
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+    })
+}
+
+fn pem_certificate(text: &str) -> anyhow::Result<Vec<u8>> {
+    use base64ct::Encoding;
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    if body.is_empty() {
+        bail!("no BEGIN CERTIFICATE block");
     }
-    let expected = api::report_data(nonce, &ev.manager_key, seen_spki);
-    if ev.report_data != expected {
-        bail!("its report data does not bind the nonce, the manager key and the TLS key");
-    }
-    let m = ssh_key::PublicKey::from_openssh(&ev.manager_key).context("manager key")?;
-    let sig = ssh_key::SshSig::from_pem(ev.signature.as_bytes()).context("signature")?;
-    m.verify(api::EVIDENCE_NAMESPACE, ev.report_data.as_bytes(), &sig)
-        .map_err(|_| {
-            anyhow::anyhow!("the manager key's signature over the report data does not verify")
-        })?;
-    match ev.tee.as_str() {
-        "sim" => {
-            let report: serde_json::Value =
-                serde_json::from_str(&ev.report).context("sim report is not JSON")?;
-            if report["report_data"].as_str() != Some(expected.as_str()) {
-                bail!("the sim report carries other report data");
-            }
-        }
-        other => bail!("TEE backend {other:?}: this weles cannot verify its reports yet"),
-    }
-    Ok(())
+    base64ct::Base64::decode_vec(body.trim()).map_err(|_| anyhow::anyhow!("bad base64 in PEM"))
 }
 
 pub fn vm(cmd: VmCommand) -> anyhow::Result<Outcome> {

@@ -2,6 +2,8 @@
 //! (not a CA's word), requests signed with the tenant's SSH key, and the trust file that
 //! remembers a manager. Used by the `weles` CLI (and by tests that play a tenant).
 
+pub mod host_verify;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -33,6 +35,18 @@ pub struct Trust {
     pub tenant: String,
     pub key: PathBuf,
     pub trusted_at_ms: u64,
+    /// The host as attested at trust time (`--host-ca`): absent if the host was not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<TrustedHost>,
+}
+
+/// The host TPM pinned by `weles manager trust --host-ca`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrustedHost {
+    /// SHA-256 of the EK certificate, hex.
+    pub ek_certificate_sha256: String,
+    /// SHA-256 of the AK's TPMT_PUBLIC, hex.
+    pub ak_sha256: String,
 }
 
 /// `$WELES_HOME` or `~/.config/weles`.
@@ -382,4 +396,50 @@ pub fn json<T: serde::de::DeserializeOwned>(r: &Response) -> anyhow::Result<T> {
 
 pub fn flush_stdout() {
     let _ = std::io::stdout().flush();
+}
+
+/// The checks every backend shares: our nonce, the report data binding nonce, M and the TLS
+/// key we saw, M's signature; for `sim`, the report restates the report data.
+pub fn verify_evidence(
+    ev: &weles_proto::api::Evidence,
+    nonce: &str,
+    seen_spki: &str,
+) -> anyhow::Result<()> {
+    if ev.nonce != nonce {
+        bail!("it answers another nonce (a replayed answer?)");
+    }
+    if ev.tls_spki_sha256 != seen_spki {
+        bail!(
+            "it names TLS key {} but this connection used {seen_spki} (a relay?)",
+            ev.tls_spki_sha256
+        );
+    }
+    // Evidence that carries a host AK must bind it in the report data.
+    let ak = match &ev.host {
+        Some(h) => Some(api::ak_sha256(
+            &hex::decode(&h.keys.ak_public).context("host AK is not hex")?,
+        )),
+        None => None,
+    };
+    let expected = api::report_data(nonce, &ev.manager_key, seen_spki, ak.as_deref());
+    if ev.report_data != expected {
+        bail!("its report data does not bind the nonce, the manager key and the TLS key");
+    }
+    let m = ssh_key::PublicKey::from_openssh(&ev.manager_key).context("manager key")?;
+    let sig = ssh_key::SshSig::from_pem(ev.signature.as_bytes()).context("signature")?;
+    m.verify(api::EVIDENCE_NAMESPACE, ev.report_data.as_bytes(), &sig)
+        .map_err(|_| {
+            anyhow::anyhow!("the manager key's signature over the report data does not verify")
+        })?;
+    match ev.tee.as_str() {
+        "sim" => {
+            let report: serde_json::Value =
+                serde_json::from_str(&ev.report).context("sim report is not JSON")?;
+            if report["report_data"].as_str() != Some(expected.as_str()) {
+                bail!("the sim report carries other report data");
+            }
+        }
+        other => bail!("TEE backend {other:?}: this weles cannot verify its reports yet"),
+    }
+    Ok(())
 }

@@ -18,6 +18,8 @@ pub struct Config {
     pub tenant_api: String,
     pub vtpm: VtpmConfig,
     pub store: StoreConfig,
+    /// Host attestation with the host's TPM (`[host] tpm = "127.0.0.1:2321"`).
+    pub host: crate::host::HostConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -53,6 +55,7 @@ impl Default for Config {
             tenant_api: "127.0.0.1:8443".into(),
             vtpm: VtpmConfig::default(),
             store: StoreConfig::default(),
+            host: crate::host::HostConfig::default(),
         }
     }
 }

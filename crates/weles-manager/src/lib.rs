@@ -12,6 +12,7 @@
 //! * [`config`] — welesd.toml.
 //! * [`tenant_api`] — the tenant API (HTTPS, signed requests, events, webhooks' settings).
 //! * [`identity`], [`tee`] — the manager key, the TLS key, the TEE backend (`sim`).
+//! * [`host`] — host attestation: the host TPM's EK, AK, credential activation and quotes.
 //! * [`audit`] — the signed, hash-chained audit log with per-tenant sealed records.
 //! * [`webhook`] — HMAC-signed, ordered, retried event delivery.
 //! * [`signing`], [`krl`] — the SSH signing gate: host keys, authorizations, host
@@ -20,6 +21,7 @@
 pub mod audit;
 pub mod config;
 pub mod guest_link;
+pub mod host;
 pub mod identity;
 pub mod krl;
 pub mod manager;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use sha2::Digest as _;
 use weles_manager::config::Config;
 use weles_manager::manager::Manager;
 use weles_manager::operator;
@@ -82,6 +83,16 @@ fn run() -> anyhow::Result<()> {
         h.store_version,
         socket.display()
     );
+    match mgr.host_keys() {
+        Some(k) => eprintln!(
+            "welesd: host attestation on: EK certificate sha256 {}, AK sha256 {}",
+            hex::encode(sha2::Sha256::digest(
+                hex::decode(&k.ek_certificate).unwrap_or_default()
+            )),
+            weles_proto::api::ak_sha256(&hex::decode(&k.ak_public).unwrap_or_default())
+        ),
+        None => eprintln!("welesd: host attestation off (no [host] tpm configured)"),
+    }
     operator::serve(listener, mgr);
     Ok(())
 }

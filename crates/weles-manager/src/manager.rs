@@ -87,6 +87,8 @@ pub struct Manager {
     webhooks: Mutex<BTreeMap<String, Deliverer>>,
     audit: Arc<AuditLog>,
     tee: Box<dyn TeeBackend>,
+    /// The host TPM, when the host is attested.
+    host: Option<crate::host::HostAttestor>,
     /// The tenant API's bound address, once listening.
     api_addr: Mutex<Option<std::net::SocketAddr>>,
     store: Mutex<Store>,
@@ -101,6 +103,7 @@ impl Manager {
     pub fn open(cfg: Config) -> anyhow::Result<(Arc<Manager>, Vec<String>)> {
         let (store, notes) = Store::open(&cfg)?;
         let tee = crate::tee::backend(&cfg.tee)?;
+        let host = crate::host::HostAttestor::enroll(&cfg.host)?;
         let key = crate::identity::load_ssh_key(&store.secrets().manager_key)
             .map_err(|e| anyhow::anyhow!(e))?;
         let (audit, checkpoints) = AuditLog::open(
@@ -130,6 +133,7 @@ impl Manager {
             webhooks: Mutex::new(BTreeMap::new()),
             audit,
             tee,
+            host,
             api_addr: Mutex::new(None),
             cfg,
             store: Mutex::new(store),
@@ -279,8 +283,18 @@ impl Manager {
         self.with_store(|s| (s.secrets().tls_key.clone(), s.secrets().tls_cert.clone()))
     }
 
-    /// Evidence for a tenant's nonce: the TEE report binds the nonce, M and the TLS key.
-    pub fn evidence(&self, nonce: &str) -> Result<Evidence, ManagerError> {
+    /// The host TPM's keys (`GET /v1/host`), when the host is attested.
+    pub fn host_keys(&self) -> Option<weles_proto::api::HostKeys> {
+        self.host.as_ref().map(|h| h.keys().clone())
+    }
+
+    /// Evidence for a tenant's nonce: the TEE report binds the nonce, M, the TLS key and (with
+    /// host attestation) the host AK; the host TPM's quote binds the nonce and M.
+    pub fn evidence(
+        &self,
+        nonce: &str,
+        credential: Option<&weles_proto::api::Credential>,
+    ) -> Result<Evidence, ManagerError> {
         let raw = hex::decode(nonce)
             .ok()
             .filter(|n| (16..=64).contains(&n.len()))
@@ -299,7 +313,36 @@ impl Manager {
             .map_err(|e| ManagerError::Internal(e.to_string()))?;
         let spki =
             hex::encode(crate::identity::spki_sha256(&cert).map_err(ManagerError::Internal)?);
-        let report_data = weles_proto::api::report_data(&nonce, &manager_key, &spki);
+        let host = match &self.host {
+            Some(h) => {
+                let credential = match credential {
+                    Some(c) => Some((
+                        hex::decode(&c.blob)
+                            .map_err(|_| ManagerError::Invalid("credential.blob: hex".into()))?,
+                        hex::decode(&c.secret)
+                            .map_err(|_| ManagerError::Invalid("credential.secret: hex".into()))?,
+                    )),
+                    None => None,
+                };
+                let qualifying = weles_proto::api::host_qualifying_data(&nonce, &manager_key);
+                let ev = h
+                    .evidence(
+                        &qualifying,
+                        credential
+                            .as_ref()
+                            .map(|(b, s)| (b.as_slice(), s.as_slice())),
+                    )
+                    .map_err(|e| ManagerError::Internal(e.to_string()))?;
+                Some(ev)
+            }
+            None => None,
+        };
+        let ak_hash = self
+            .host
+            .as_ref()
+            .map(|h| weles_proto::api::ak_sha256(&h.ak_public()));
+        let report_data =
+            weles_proto::api::report_data(&nonce, &manager_key, &spki, ak_hash.as_deref());
         let mut rd = [0u8; 64];
         hex::decode_to_slice(&report_data, &mut rd)
             .map_err(|e| ManagerError::Internal(e.to_string()))?;
@@ -322,6 +365,7 @@ impl Manager {
             report,
             signature,
             manager_version: env!("CARGO_PKG_VERSION").to_owned(),
+            host,
         })
     }
 

@@ -170,6 +170,14 @@ impl TenantApi {
         let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
         let result = match (req.method.as_str(), segments.as_slice()) {
             ("POST", ["v1", "evidence"]) => self.evidence(req),
+            ("GET", ["v1", "host"]) => match self.mgr.host_keys() {
+                Some(k) => json(&k),
+                None => Err(refuse(
+                    404,
+                    "not_found",
+                    "this manager does not attest its host (no [host] tpm configured)",
+                )),
+            },
             (_, ["v1", "evidence"]) => Err(refuse(405, "bad_request", "use POST")),
             (method, ["v1", rest @ ..]) => match self.authenticate(req) {
                 Err(r) => Err(r),
@@ -246,7 +254,7 @@ impl TenantApi {
     fn evidence(&self, req: &Request) -> Result<Vec<u8>, Refusal> {
         let body: EvidenceRequest = serde_json::from_slice(&req.body)
             .map_err(|e| refuse(400, "bad_request", format!("body: {e}")))?;
-        json(&self.mgr.evidence(&body.nonce)?)
+        json(&self.mgr.evidence(&body.nonce, body.credential.as_ref())?)
     }
 
     /// Checks the request's signature, freshness and uniqueness; returns the tenant.

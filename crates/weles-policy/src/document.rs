@@ -29,6 +29,24 @@ pub struct PolicyDocument {
     pub enforcement: EnforcementSection,
     #[serde(default)]
     pub ima: ImaSection,
+    /// Only in host policies: measured-boot reference values.
+    #[serde(default, skip_serializing_if = "HostSection::is_empty")]
+    pub host: HostSection,
+}
+
+/// A host policy's measured-boot reference values: PCR index (0–9) → allowed SHA-256 values of
+/// that PCR as the host TPM quotes it. PCR 10 is judged through the host's IMA log instead.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSection {
+    #[serde(default)]
+    pub pcrs: BTreeMap<String, Vec<String>>,
+}
+
+impl HostSection {
+    fn is_empty(&self) -> bool {
+        self.pcrs.is_empty()
+    }
 }
 
 impl Default for PolicyDocument {
@@ -41,6 +59,7 @@ impl Default for PolicyDocument {
             ssh: SshSection::default(),
             enforcement: EnforcementSection::default(),
             ima: ImaSection::default(),
+            host: HostSection::default(),
         }
     }
 }

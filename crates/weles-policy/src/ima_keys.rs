@@ -149,7 +149,7 @@ impl TrustedKey {
     }
 
     /// Verifies a signature over an already computed digest.
-    fn verify_prehashed(&self, alg: HashAlgorithm, digest: &[u8], sig: &[u8]) -> bool {
+    pub fn verify_prehashed(&self, alg: HashAlgorithm, digest: &[u8], sig: &[u8]) -> bool {
         match &self.key {
             KeyMaterial::Rsa(k) => {
                 let scheme = match alg {

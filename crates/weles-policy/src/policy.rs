@@ -58,6 +58,8 @@ pub struct Policy {
     /// `None`: any algorithm (Keylime's behaviour, for imported policies).
     pub digest_algorithms: Option<Vec<HashAlgorithm>>,
     pub allow_violations: bool,
+    /// Host policies: PCR index (0–9) → allowed SHA-256 values (`[host] pcrs`).
+    pub host_pcrs: std::collections::BTreeMap<u32, Vec<Digest>>,
 }
 
 /// Default allowed file-digest algorithms of a WELES policy (md5 only when listed).
@@ -91,6 +93,7 @@ impl Policy {
             templates: None,
             digest_algorithms: Some(DEFAULT_DIGEST_ALGORITHMS.to_vec()),
             allow_violations: false,
+            host_pcrs: std::collections::BTreeMap::new(),
         }
     }
 
@@ -201,6 +204,27 @@ impl Policy {
                 key = key.with_keyid(id);
             }
             p.keys.push(key);
+        }
+        for (index, values) in &doc.host.pcrs {
+            let loc = format!("host.pcrs.{index:?}");
+            let pcr: u32 = index.parse().ok().filter(|i| *i <= 9).ok_or_else(|| {
+                err(
+                    &loc,
+                    "PCR index must be 0–9 (PCR 10 is the IMA log's)".into(),
+                )
+            })?;
+            let mut v = Vec::new();
+            for (i, d) in values.iter().enumerate() {
+                let d = Digest::parse(d).map_err(|e| err(&format!("{loc}[{i}]"), e.to_string()))?;
+                if d.algorithm() != HashAlgorithm::Sha256 {
+                    return Err(err(
+                        &format!("{loc}[{i}]"),
+                        "host PCR values are SHA-256 (the bank the quote covers)".into(),
+                    ));
+                }
+                v.push(d);
+            }
+            p.host_pcrs.insert(pcr, v);
         }
         fill(&mut p.digests, &ima.digests, "ima.digests", source)?;
         fill(&mut p.buffers, &ima.buffers, "ima.buffers", source)?;

@@ -42,6 +42,72 @@ pub fn request_message(
 pub struct EvidenceRequest {
     /// 16–64 random bytes, hex.
     pub nonce: String,
+    /// A credential for the host's AK, made by the tenant with the host's EK
+    /// (`GET /v1/host`): the manager answers with what the host TPM decrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Credential>,
+}
+
+/// TPM2_MakeCredential's output (without size prefixes), hex.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    /// TPM2B_ID_OBJECT contents (integrity HMAC and encrypted secret).
+    pub blob: String,
+    /// TPM2B_ENCRYPTED_SECRET contents (the seed, RSA-OAEP to the EK).
+    pub secret: String,
+}
+
+/// `GET /v1/host`: the host TPM's keys, for the tenant to make a credential (hex).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostKeys {
+    /// The EK's TPMT_PUBLIC (RSA 2048, template L-1).
+    pub ek_public: String,
+    /// The EK certificate (DER) from the TPM's NV memory.
+    pub ek_certificate: String,
+    /// The AK's TPMT_PUBLIC (restricted ECDSA P-256).
+    pub ak_public: String,
+}
+
+/// What the host TPM says, bound to the tenant's nonce and the manager key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEvidence {
+    #[serde(flatten)]
+    pub keys: HostKeys,
+    /// What ActivateCredential returned for the tenant's credential (hex); absent without one.
+    pub activated: Option<String>,
+    /// TPMS_ATTEST of TPM2_Quote over sha256 PCRs 0–10 with qualifying data
+    /// [`host_qualifying_data`] (hex).
+    pub quote: String,
+    /// Its TPMT_SIGNATURE by the AK (hex).
+    pub signature: String,
+    /// The quoted PCRs' values, sha256 bank, index 0–10 (hex), read right after the quote.
+    pub pcrs: Vec<String>,
+    /// The host's binary IMA measurement list, read after the quote (base64).
+    pub ima_log: String,
+}
+
+/// The qualifying data of the host quote: SHA-256 binding the tenant's nonce and the manager
+/// key, so a quote made for another nonce or another manager does not fit.
+pub fn host_qualifying_data(nonce_hex: &str, manager_key: &str) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [
+        b"weles-host-quote-v1\n".as_slice(),
+        nonce_hex.as_bytes(),
+        b"\n",
+        manager_key.as_bytes(),
+        b"\n",
+    ] {
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// SHA-256 of the AK's TPMT_PUBLIC, hex: what the TEE report data binds.
+pub fn ak_sha256(ak_public: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(ak_public))
 }
 
 /// What the manager says about itself, bound to the tenant's nonce.
@@ -54,7 +120,8 @@ pub struct Evidence {
     pub manager_key: String,
     /// SHA-256 of the TLS certificate's SubjectPublicKeyInfo, hex.
     pub tls_spki_sha256: String,
-    /// SHA-512(`"weles-report-v1" ‖ nonce ‖ M ‖ TLS SPKI hash`), hex: what a TEE report carries.
+    /// SHA-512(`"weles-report-v1" ‖ nonce ‖ M ‖ TLS SPKI hash [‖ host AK hash]`), hex: what a TEE
+    /// report carries ([`report_data`]).
     pub report_data: String,
     /// The TEE's report over `report_data` (for `sim`: a JSON description, no signature).
     pub report: String,
@@ -62,14 +129,24 @@ pub struct Evidence {
     /// whoever answered.
     pub signature: String,
     pub manager_version: String,
+    /// The host TPM's quote, keys and IMA log, when the manager attests its host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostEvidence>,
 }
 
-/// The report data a TEE report must carry for this evidence.
-pub fn report_data(nonce_hex: &str, manager_key: &str, tls_spki_sha256_hex: &str) -> String {
+/// The report data a TEE report must carry for this evidence. With host attestation, it also
+/// binds the host's AK (`host_ak_sha256`): a TEE report and a TPM quote from different machines
+/// do not fit together.
+pub fn report_data(
+    nonce_hex: &str,
+    manager_key: &str,
+    tls_spki_sha256_hex: &str,
+    host_ak_sha256_hex: Option<&str>,
+) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha512::new();
     for part in [
-        b"weles-report-v1\n",
+        b"weles-report-v1\n".as_slice(),
         nonce_hex.as_bytes(),
         b"\n",
         manager_key.as_bytes(),
@@ -78,6 +155,11 @@ pub fn report_data(nonce_hex: &str, manager_key: &str, tls_spki_sha256_hex: &str
         b"\n",
     ] {
         h.update(part);
+    }
+    if let Some(ak) = host_ak_sha256_hex {
+        h.update(b"host-ak:");
+        h.update(ak.as_bytes());
+        h.update(b"\n");
     }
     hex::encode(h.finalize())
 }

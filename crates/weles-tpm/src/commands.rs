@@ -189,6 +189,158 @@ pub fn sign_with_policy(key: u32, session: u32, digest: &[u8]) -> Vec<u8> {
     c
 }
 
+// --- host attestation: EK certificate, AK, credential activation, quote --------------------
+
+pub const CC_NV_READ: u32 = 0x14e;
+pub const CC_NV_READ_PUBLIC: u32 = 0x169;
+pub const CC_QUOTE: u32 = 0x158;
+pub const CC_PCR_READ: u32 = 0x17e;
+pub const CC_POLICY_SECRET: u32 = 0x151;
+pub const CC_ACTIVATE_CREDENTIAL: u32 = 0x147;
+pub const TPM_RH_ENDORSEMENT: u32 = 0x4000_000b;
+
+/// A command whose authorization area has one entry per session handle in `sessions`: the
+/// password session (TPM_RS_PW) with an empty password, or a policy session that already holds
+/// its policy (no nonce, no attributes: it ends with the command).
+pub fn command_with_sessions(cc: u32, handles: &[u32], sessions: &[u32], params: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for h in handles {
+        body.extend_from_slice(&h.to_be_bytes());
+    }
+    let mut area = Vec::new();
+    for s in sessions {
+        area.extend_from_slice(&s.to_be_bytes());
+        area.extend_from_slice(&[0, 0, 0, 0, 0]); // nonce, attributes, hmac/password
+    }
+    body.extend_from_slice(&(area.len() as u32).to_be_bytes());
+    body.extend_from_slice(&area);
+    body.extend_from_slice(params);
+    let mut c = Vec::with_capacity(10 + body.len());
+    c.extend_from_slice(&TPM_ST_SESSIONS.to_be_bytes());
+    c.extend_from_slice(&((10 + body.len()) as u32).to_be_bytes());
+    c.extend_from_slice(&cc.to_be_bytes());
+    c.extend_from_slice(&body);
+    c
+}
+
+/// TPML_PCR_SELECTION of `pcrs` (each < 24) in each bank of `algs`.
+pub fn pcr_selection(algs: &[u16], pcrs: &[u32]) -> Vec<u8> {
+    let mut b = (algs.len() as u32).to_be_bytes().to_vec();
+    let mut bits = [0u8; 3];
+    for p in pcrs.iter().filter(|p| **p < 24) {
+        bits[(*p / 8) as usize] |= 1 << (p % 8);
+    }
+    for a in algs {
+        b.extend_from_slice(&a.to_be_bytes());
+        b.push(3);
+        b.extend_from_slice(&bits);
+    }
+    b
+}
+
+pub fn nv_read_public(index: u32) -> Vec<u8> {
+    command(CC_NV_READ_PUBLIC, &[index], 0, &[])
+}
+
+/// Reads `size` bytes at `offset` of NV index `index`, authorized by `auth` (the owner, or the
+/// index itself).
+pub fn nv_read(auth: u32, index: u32, size: u16, offset: u16) -> Vec<u8> {
+    let mut p = size.to_be_bytes().to_vec();
+    p.extend_from_slice(&offset.to_be_bytes());
+    command(CC_NV_READ, &[auth, index], 1, &p)
+}
+
+/// TPM2_Quote by `ak` (ECDSA-SHA256) over `selection` (a TPML_PCR_SELECTION).
+pub fn quote(ak: u32, qualifying_data: &[u8], selection: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    tpm2b(&mut p, qualifying_data);
+    p.extend_from_slice(&ALG_ECDSA.to_be_bytes());
+    p.extend_from_slice(&ALG_SHA256.to_be_bytes());
+    p.extend_from_slice(selection);
+    command(CC_QUOTE, &[ak], 1, &p)
+}
+
+pub fn pcr_read(selection: &[u8]) -> Vec<u8> {
+    command(CC_PCR_READ, &[], 0, selection)
+}
+
+/// TPM2_PolicySecret(TPM_RH_ENDORSEMENT) into `session`: what the EK's policy asks for.
+pub fn policy_secret_endorsement(session: u32) -> Vec<u8> {
+    let mut p = Vec::new();
+    tpm2b(&mut p, &[]); // nonceTPM
+    tpm2b(&mut p, &[]); // cpHashA
+    tpm2b(&mut p, &[]); // policyRef
+    p.extend_from_slice(&0i32.to_be_bytes());
+    command(CC_POLICY_SECRET, &[TPM_RH_ENDORSEMENT, session], 1, &p)
+}
+
+/// TPM2_ActivateCredential: `ak` with its (empty) password, `ek` with the policy `session`.
+pub fn activate_credential(ak: u32, ek: u32, session: u32, blob: &[u8], secret: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    tpm2b(&mut p, blob);
+    tpm2b(&mut p, secret);
+    command_with_sessions(CC_ACTIVATE_CREDENTIAL, &[ak, ek], &[TPM_RS_PW, session], &p)
+}
+
+/// (size, attributes) of an NV_ReadPublic response.
+pub fn parse_nv_read_public(resp: &[u8]) -> Result<(u16, u32), ResponseError> {
+    let (mut c, _) = open(resp)?;
+    let public = c.tpm2b()?;
+    // TPMS_NV_PUBLIC: index u32, nameAlg u16, attributes u32, authPolicy TPM2B, dataSize u16.
+    let mut p = Cur { b: public, at: 0 };
+    p.u32()?;
+    p.u16()?;
+    let attributes = p.u32()?;
+    p.tpm2b()?;
+    Ok((p.u16()?, attributes))
+}
+
+/// The data of an NV_Read response.
+pub fn parse_nv_read(resp: &[u8]) -> Result<Vec<u8>, ResponseError> {
+    let (mut c, _) = open(resp)?;
+    c.u32()?; // parameterSize
+    Ok(c.tpm2b()?.to_vec())
+}
+
+/// (TPMS_ATTEST, TPMT_SIGNATURE) of a Quote response.
+pub fn parse_quote(resp: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ResponseError> {
+    let (mut c, _) = open(resp)?;
+    let size = c.u32()? as usize; // parameterSize
+    let start = c.at;
+    let attest = c.tpm2b()?.to_vec();
+    let end = start
+        .checked_add(size)
+        .filter(|e| *e <= resp.len())
+        .ok_or(ResponseError::Malformed(start))?;
+    let signature = c.take(end.saturating_sub(c.at))?.to_vec();
+    Ok((attest, signature))
+}
+
+/// The PCR values of a PCR_Read response, in selection order.
+pub fn parse_pcr_read(resp: &[u8]) -> Result<Vec<Vec<u8>>, ResponseError> {
+    let (mut c, _) = open(resp)?;
+    c.u32()?; // pcrUpdateCounter
+    let banks = c.u32()?;
+    if banks > 16 {
+        return Err(ResponseError::Malformed(c.at));
+    }
+    for _ in 0..banks {
+        c.u16()?;
+        let n = c.take(1)?[0] as usize;
+        c.take(n)?;
+    }
+    let count = c.u32()?;
+    if count > 64 {
+        return Err(ResponseError::Malformed(c.at));
+    }
+    (0..count).map(|_| c.tpm2b().map(<[u8]>::to_vec)).collect()
+}
+
+/// The secret of an ActivateCredential response.
+pub fn parse_activate_credential(resp: &[u8]) -> Result<Vec<u8>, ResponseError> {
+    parse_nv_read(resp)
+}
+
 /// Why a response is not what was asked for.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ResponseError {

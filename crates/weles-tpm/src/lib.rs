@@ -7,11 +7,15 @@
 //! * [`policy`] — the PolicySigned policy digest, the data the authority signs (aHash), the
 //!   cpHash of TPM2_Sign, and TPMT_SIGNATURE.
 //! * [`host_key`] — what a host key must be, checked against a reported public area.
+//! * [`attest`] and [`credential`] — host attestation: quotes by an attestation key (parsed,
+//!   verified) and the credential that proves the AK shares a TPM with a certified EK.
 //!
 //! Everything here is computation; the TPM itself is the oracle: tests load these structures
 //! into libtpms (weles-vtpm) with tpm2-tools and require the TPM to agree.
 
+pub mod attest;
 pub mod commands;
+pub mod credential;
 pub mod host_key;
 pub mod policy;
 pub mod public;

@@ -6,3 +6,13 @@ use weles_test_support::replay_corpus;
 fn tpm_public_corpus() {
     replay_corpus("tpm_public", weles_tpm::public::fuzz_parse);
 }
+
+#[test]
+fn tpm_attest_corpus() {
+    replay_corpus("tpm_attest", weles_tpm::attest::fuzz_parse);
+}
+
+#[test]
+fn tpm_ek_public_corpus() {
+    replay_corpus("tpm_ek_public", weles_tpm::credential::fuzz_parse);
+}

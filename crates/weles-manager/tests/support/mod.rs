@@ -84,7 +84,7 @@ pub fn split(log: &[u8]) -> Vec<(Entry<'static>, Vec<u8>)> {
 }
 
 /// Sends one command, returns the response code.
-pub fn tpm(s: &mut UnixStream, cmd: &[u8]) -> u32 {
+pub fn tpm<S: Read + Write>(s: &mut S, cmd: &[u8]) -> u32 {
     s.write_all(cmd).unwrap();
     let mut head = [0u8; 10];
     s.read_exact(&mut head).unwrap();
@@ -95,7 +95,7 @@ pub fn tpm(s: &mut UnixStream, cmd: &[u8]) -> u32 {
 }
 
 /// TPM2_PCR_Extend with a password session, one digest per bank.
-pub fn pcr_extend(s: &mut UnixStream, pcr: u32, digests: &[weles_ima::Digest]) {
+pub fn pcr_extend<S: Read + Write>(s: &mut S, pcr: u32, digests: &[weles_ima::Digest]) {
     let mut body = Vec::new();
     body.extend_from_slice(&pcr.to_be_bytes());
     body.extend_from_slice(&9u32.to_be_bytes());

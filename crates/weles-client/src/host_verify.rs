@@ -1,0 +1,268 @@
+//! The tenant's own check of a manager's host: the host TPM's evidence, verified here, never
+//! taken on the manager's word.
+//!
+//! In order (each step names what failed):
+//! 1. the EK certificate is signed by one of the TPM makers' CAs the tenant configured, is
+//!    within its validity, and certifies exactly the EK public area the evidence carries;
+//! 2. the credential the tenant made for (EK, AK name) came back decrypted: the AK lives in the
+//!    TPM that holds the EK (only that TPM can answer, and only with that AK loaded);
+//! 3. the AK is a restricted signing key (it signs only what the TPM itself generated);
+//! 4. the quote verifies with the AK, carries the qualifying data binding the tenant's nonce and
+//!    the manager key, covers sha256 PCRs 0–10, and its PCR digest is over the reported values;
+//! 5. the host's IMA log replays to the quoted PCR 10 and every entry complies with the host
+//!    policy; PCRs 0–9 match the policy's measured-boot reference values, where it lists any;
+//! 6. (in the caller) the TEE report data binds this AK: report and quote come from one machine.
+
+use base64ct::Encoding;
+use sha2::Digest as _;
+use weles_ima::{Bank, Config, Digest, HashAlgorithm, Verifier};
+use weles_policy::Policy;
+use weles_policy::ima_keys::TrustedKey;
+use weles_proto::api::{HostEvidence, HostKeys, host_qualifying_data};
+use weles_tpm::attest::{Quote, is_attestation_key, pcr_digest, verify_signature};
+use weles_tpm::credential::RsaEkPublic;
+use weles_tpm::public::EccPublic;
+use x509_cert::der::{Decode, Encode};
+
+/// What the tenant trusts about hosts.
+pub struct HostTrust {
+    /// CA certificates (DER) of TPM makers: an EK certificate must be signed by one of them.
+    pub ek_cas: Vec<Vec<u8>>,
+    /// The host policy: IMA entries (`[ima]`) and measured-boot reference values (`[host]`).
+    pub policy: Policy,
+    /// "Now" for certificate validity, seconds since the epoch (injected in tests).
+    pub now: u64,
+}
+
+/// A host that checked out.
+#[derive(Clone, Debug)]
+pub struct HostVerdict {
+    /// SHA-256 of the EK certificate, hex (to pin).
+    pub ek_certificate_sha256: String,
+    /// SHA-256 of the AK's TPMT_PUBLIC, hex (what the TEE report binds).
+    pub ak_sha256: String,
+    /// Entries of the host IMA log verified up to the quoted PCR 10.
+    pub ima_entries: u64,
+    /// PCRs 0–9 that matched a reference value.
+    pub reference_pcrs: Vec<u32>,
+}
+
+/// Why a host does not check out; the message says which step.
+#[derive(Debug, thiserror::Error)]
+#[error("host attestation: {0}")]
+pub struct HostRefused(pub String);
+
+fn refuse<T>(why: impl Into<String>) -> Result<T, HostRefused> {
+    Err(HostRefused(why.into()))
+}
+
+fn unhex(what: &str, s: &str) -> Result<Vec<u8>, HostRefused> {
+    hex::decode(s).map_err(|_| HostRefused(format!("{what} is not hex")))
+}
+
+/// A credential for the host's AK, to send with the evidence request: (credential, secret the
+/// host must return). Also checks the keys' form.
+pub fn make_challenge(
+    keys: &HostKeys,
+) -> Result<(weles_proto::api::Credential, [u8; 32]), HostRefused> {
+    let ek = RsaEkPublic::parse(&unhex("ek_public", &keys.ek_public)?)
+        .map_err(|e| HostRefused(format!("the EK public area: {e}")))?;
+    let ak = EccPublic::parse(&unhex("ak_public", &keys.ak_public)?)
+        .map_err(|e| HostRefused(format!("the AK public area: {e}")))?;
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| HostRefused(format!("randomness: {e}")))?;
+    let (blob, enc) = weles_tpm::credential::make_credential(&ek, &ak.name(), &secret)
+        .map_err(|e| HostRefused(format!("making the credential: {e}")))?;
+    Ok((
+        weles_proto::api::Credential {
+            blob: hex::encode(blob),
+            secret: hex::encode(enc),
+        },
+        secret,
+    ))
+}
+
+/// Verifies the host evidence for `nonce` and `manager_key`, with the credential secret the
+/// tenant sent (`expected_secret`).
+pub fn verify(
+    host: &HostEvidence,
+    nonce: &str,
+    manager_key: &str,
+    expected_secret: &[u8],
+    trust: &HostTrust,
+) -> Result<HostVerdict, HostRefused> {
+    // 1. The EK and its certificate.
+    let ek_public = unhex("ek_public", &host.keys.ek_public)?;
+    let ek = RsaEkPublic::parse(&ek_public)
+        .map_err(|e| HostRefused(format!("the EK public area: {e}")))?;
+    let cert_der = unhex("ek_certificate", &host.keys.ek_certificate)?;
+    check_ek_certificate(&cert_der, &ek, trust)?;
+
+    // 2. The AK shares the EK's TPM.
+    let activated = match &host.activated {
+        Some(a) => unhex("activated", a)?,
+        None => return refuse("the manager did not answer the credential (AK not activated)"),
+    };
+    if !constant_time_eq(&activated, expected_secret) {
+        return refuse(
+            "the credential came back with another secret: the AK is not in the TPM that \
+             holds the certified EK",
+        );
+    }
+
+    // 3. The AK.
+    let ak_public = unhex("ak_public", &host.keys.ak_public)?;
+    let ak = EccPublic::parse(&ak_public)
+        .map_err(|e| HostRefused(format!("the AK public area: {e}")))?;
+    if !is_attestation_key(&ak) {
+        return refuse("the AK is not a restricted ECDSA P-256 signing key");
+    }
+
+    // 4. The quote.
+    let attest = unhex("quote", &host.quote)?;
+    let signature = unhex("signature", &host.signature)?;
+    verify_signature(&ak, &attest, &signature)
+        .map_err(|e| HostRefused(format!("the quote: {e}")))?;
+    let quote = Quote::parse(&attest).map_err(|e| HostRefused(format!("the quote: {e}")))?;
+    if quote.extra_data != host_qualifying_data(nonce, manager_key) {
+        return refuse(
+            "the quote's qualifying data does not bind our nonce and this manager's key \
+             (a replayed or relayed quote)",
+        );
+    }
+    let wanted: Vec<u32> = (0..=10).collect();
+    if quote.selection != [(weles_tpm::ids::ALG_SHA256, wanted)] {
+        return refuse("the quote does not cover exactly sha256 PCRs 0–10");
+    }
+    let pcrs: Vec<Vec<u8>> = host
+        .pcrs
+        .iter()
+        .map(|p| unhex("pcrs", p))
+        .collect::<Result<_, _>>()?;
+    if pcrs.len() != 11 || pcrs.iter().any(|p| p.len() != 32) {
+        return refuse("the PCR values are not eleven SHA-256 digests");
+    }
+    if quote.pcr_digest != pcr_digest(pcrs.iter().map(Vec::as_slice)) {
+        return refuse("the reported PCR values are not the ones quoted");
+    }
+
+    // 5. The IMA log and the reference values.
+    let log = base64ct::Base64::decode_vec(&host.ima_log)
+        .map_err(|_| HostRefused("ima_log is not base64".into()))?;
+    let pcr10 = Digest::new(HashAlgorithm::Sha256, &pcrs[10])
+        .ok_or_else(|| HostRefused("PCR 10".into()))?;
+    let mut v = Verifier::new(Config {
+        banks: vec![Bank::Sha256],
+        ..Config::default()
+    });
+    v.expect_pcr(pcr10)
+        .map_err(|e| HostRefused(format!("PCR 10: {e}")))?;
+    v.verify_all(&log, &trust.policy)
+        .map_err(|e| HostRefused(format!("the host IMA log: {e}")))?;
+    let Some(entries) = v.pcr_matched_at() else {
+        return refuse(format!(
+            "the host IMA log ({} entries) does not replay to the quoted PCR 10",
+            v.state().entries
+        ));
+    };
+    if let Some(bad) = v.violations().iter().find(|x| x.index < entries) {
+        return refuse(format!(
+            "the host IMA log breaks the host policy at entry {} ({}): {}",
+            bad.index,
+            bad.path,
+            bad.reason.as_str()
+        ));
+    }
+    let mut reference_pcrs = Vec::new();
+    for (index, allowed) in &trust.policy.host_pcrs {
+        let value = &pcrs[*index as usize];
+        if !allowed.iter().any(|d| d.as_bytes() == value.as_slice()) {
+            return refuse(format!(
+                "PCR {index} is sha256:{}, not a reference value of the host policy",
+                hex::encode(value)
+            ));
+        }
+        reference_pcrs.push(*index);
+    }
+    Ok(HostVerdict {
+        ek_certificate_sha256: hex::encode(sha2::Sha256::digest(&cert_der)),
+        ak_sha256: weles_proto::api::ak_sha256(&ak_public),
+        ima_entries: entries,
+        reference_pcrs,
+    })
+}
+
+fn check_ek_certificate(
+    der: &[u8],
+    ek: &RsaEkPublic,
+    trust: &HostTrust,
+) -> Result<(), HostRefused> {
+    let cert = x509_cert::Certificate::from_der(der)
+        .map_err(|e| HostRefused(format!("the EK certificate: {e}")))?;
+    let tbs = cert
+        .tbs_certificate()
+        .to_der()
+        .map_err(|e| HostRefused(format!("the EK certificate: {e}")))?;
+    let sig = cert.signature().raw_bytes();
+    let alg = cert.signature_algorithm().oid.to_string();
+    let (hash_alg, digest) = match alg.as_str() {
+        "1.2.840.113549.1.1.11" | "1.2.840.10045.4.3.2" => {
+            (HashAlgorithm::Sha256, sha2::Sha256::digest(&tbs).to_vec())
+        }
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => {
+            (HashAlgorithm::Sha384, sha2::Sha384::digest(&tbs).to_vec())
+        }
+        other => return refuse(format!("the EK certificate's signature algorithm {other}")),
+    };
+    let issuer = cert.tbs_certificate().issuer().to_der().unwrap_or_default();
+    let mut signed_by = None;
+    for (i, ca) in trust.ek_cas.iter().enumerate() {
+        let Ok(c) = x509_cert::Certificate::from_der(ca) else {
+            continue;
+        };
+        if c.tbs_certificate().subject().to_der().unwrap_or_default() != issuer {
+            continue;
+        }
+        let Ok(key) = TrustedKey::from_der("EK CA", ca) else {
+            continue;
+        };
+        if key.verify_prehashed(hash_alg, &digest, sig) {
+            signed_by = Some(i);
+            break;
+        }
+    }
+    if signed_by.is_none() {
+        return refuse(format!(
+            "the EK certificate (issuer {}) is not signed by any configured TPM maker CA",
+            cert.tbs_certificate().issuer()
+        ));
+    }
+    let validity = cert.tbs_certificate().validity();
+    let not_before = validity.not_before.to_unix_duration().as_secs();
+    let not_after = validity.not_after.to_unix_duration().as_secs();
+    if trust.now < not_before || trust.now > not_after {
+        return refuse("the EK certificate is not valid now");
+    }
+    // The certificate's key is exactly the EK's.
+    let n = rsa::BoxedUint::from_be_slice(&ek.modulus, 2048)
+        .map_err(|e| HostRefused(format!("the EK modulus: {e}")))?;
+    let e = rsa::BoxedUint::from(u64::from(ek.exponent_value()));
+    let ek_key = rsa::PublicKey::new(n, e).map_err(|e| HostRefused(format!("the EK: {e}")))?;
+    use rsa::pkcs8::EncodePublicKey;
+    let ek_spki = ek_key
+        .to_public_key_der()
+        .map_err(|e| HostRefused(format!("the EK: {e}")))?;
+    let cert_spki = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| HostRefused(format!("the EK certificate: {e}")))?;
+    if ek_spki.as_bytes() != cert_spki.as_slice() {
+        return refuse("the EK certificate certifies another key than the host's EK");
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,466 @@
+//! Host attestation with real parts: swtpm plays the host TPM (EK certificates from
+//! `swtpm_setup` and its local CA), the test plays the host kernel (a real captured IMA log,
+//! each entry extended into the TPM's PCR 10), a real welesd attests its host, and the tenant
+//! verifies it with the real `weles manager trust --host-ca` — and, for evidence a lying manager
+//! might send, with the same verifier the CLI uses.
+
+mod support;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Kill, bin, pcr_extend, real_log, split};
+use weles_client::host_verify::{self, HostTrust};
+use weles_ima::Bank;
+use weles_proto::api::{self, Evidence, EvidenceRequest, HostKeys};
+use weles_proto::operator::{OperatorReply, OperatorRequest, call};
+
+fn free_port() -> u16 {
+    // swtpm needs two consecutive ports (data, control): find a pair that is free now.
+    loop {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// A manufactured swtpm with EK certificates from a local CA in `dir/ca`, serving raw TPM
+/// commands on 127.0.0.1:port (control on port + 1).
+struct HostTpm {
+    _swtpm: Kill,
+    port: u16,
+    ca: PathBuf,
+}
+
+fn host_tpm(dir: &Path) -> HostTpm {
+    std::fs::create_dir_all(dir.join("tpm")).unwrap();
+    std::fs::create_dir_all(dir.join("ca")).unwrap();
+    let ca = dir.join("ca");
+    std::fs::write(
+        dir.join("localca.conf"),
+        format!(
+            "statedir = {c}\nsigningkey = {c}/signkey.pem\nissuercert = {c}/issuercert.pem\n\
+             certserial = {c}/certserial\n",
+            c = ca.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("setup.conf"),
+        format!(
+            "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}\n\
+             create_certs_tool_options = /etc/swtpm-localca.options\n",
+            dir.join("localca.conf").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("swtpm_setup")
+        .args([
+            "--tpm2",
+            "--create-ek-cert",
+            "--pcr-banks",
+            "sha256",
+            "--overwrite",
+        ])
+        .arg("--tpmstate")
+        .arg(dir.join("tpm"))
+        .arg("--config")
+        .arg(dir.join("setup.conf"))
+        .output()
+        .expect("swtpm_setup (Debian swtpm-tools) is installed");
+    assert!(
+        out.status.success(),
+        "swtpm_setup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let child = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+        .arg("--tpmstate")
+        .arg(format!("dir={}", dir.join("tpm").display()))
+        .arg("--server")
+        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+        .arg("--ctrl")
+        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("swtpm is installed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "swtpm did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    HostTpm {
+        _swtpm: Kill(child),
+        port,
+        ca,
+    }
+}
+
+/// Plays the host kernel: writes the first `n` entries of a real IMA log to `log` and extends
+/// each into the TPM's sha256 PCR 10, as IMA does.
+fn measure_host(tpm: &HostTpm, log: &Path, n: usize) {
+    let mut data = TcpStream::connect(("127.0.0.1", tpm.port)).unwrap();
+    let mut bytes = Vec::new();
+    for (e, raw) in split(&real_log()).iter().take(n) {
+        bytes.extend_from_slice(raw);
+        pcr_extend(&mut data, 10, &[e.template_digest(Bank::Sha256)]);
+    }
+    std::fs::write(log, bytes).unwrap();
+}
+
+struct Manager {
+    _welesd: Kill,
+    url: String,
+    dir: PathBuf,
+}
+
+fn start_welesd(dir: &Path, tpm: &HostTpm, log: &Path) -> Manager {
+    std::fs::write(
+        dir.join("welesd.toml"),
+        format!(
+            "state_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\ntenant_api = \"127.0.0.1:0\"\n\
+             [host]\ntpm = \"127.0.0.1:{p}\"\nima_log = \"{l}\"\n",
+            d = dir.display(),
+            p = tpm.port,
+            l = log.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin("welesd"))
+        .arg("--config")
+        .arg(dir.join("welesd.toml"))
+        .stderr(if std::env::var_os("WELES_TEST_VERBOSE").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .unwrap();
+    let socket = dir.join("run/operator.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let api = loop {
+        if let Ok(OperatorReply::Health(h)) = call(&socket, &OperatorRequest::Health)
+            && let Some(a) = h.tenant_api
+        {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "welesd did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "acme", "-f"])
+        .arg(dir.join("acme"))
+        .status()
+        .unwrap();
+    let key = std::fs::read_to_string(dir.join("acme.pub")).unwrap();
+    assert!(matches!(
+        call(
+            &socket,
+            &OperatorRequest::RegisterTenant {
+                name: "acme".into(),
+                ssh_key: key
+            }
+        ),
+        Ok(OperatorReply::Tenant(_))
+    ));
+    Manager {
+        _welesd: Kill(child),
+        url: format!("https://{api}"),
+        dir: dir.to_path_buf(),
+    }
+}
+
+fn weles(m: &Manager, args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(bin("weles"))
+        .args(args)
+        .env("WELES_HOME", m.dir.join("home"))
+        .current_dir(&m.dir)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn trust(m: &Manager, ca: &Path, policy: &str) -> (bool, String, String) {
+    weles(
+        m,
+        &[
+            "manager",
+            "trust",
+            &m.url,
+            "--tenant",
+            "acme",
+            "--key",
+            "acme",
+            "--allow-simulated",
+            "--host-ca",
+            ca.to_str().unwrap(),
+            "--host-policy",
+            policy,
+        ],
+    )
+}
+
+/// The evidence for `nonce`, fetched as the CLI does, with or without a credential.
+fn evidence(m: &Manager, nonce: &str, credential: Option<api::Credential>) -> (Evidence, String) {
+    let mut conn = weles_client::Connection::open(&m.url, None).unwrap();
+    let body = serde_json::to_vec(&EvidenceRequest {
+        nonce: nonce.into(),
+        credential,
+    })
+    .unwrap();
+    let r = conn.request("POST", "/v1/evidence", &body, None).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    (
+        serde_json::from_slice(&r.body).unwrap(),
+        hex::encode(conn.seen_spki),
+    )
+}
+
+fn host_keys(m: &Manager) -> HostKeys {
+    let mut conn = weles_client::Connection::open(&m.url, None).unwrap();
+    let r = conn.request("GET", "/v1/host", b"", None).unwrap();
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+fn der_of(pem: &Path) -> Vec<u8> {
+    use base64ct::Encoding;
+    let text = std::fs::read_to_string(pem).unwrap();
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64ct::Base64::decode_vec(&body).unwrap()
+}
+
+#[test]
+fn the_tenant_verifies_the_host_tpm_itself_and_refuses_every_lie() {
+    let dir = std::env::temp_dir().join(format!("weles-host-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tpm = host_tpm(&dir.join("host1"));
+    let log = dir.join("host-ima.bin");
+    // The first 8 entries of a real guest log (the 9th is an open-writers violation).
+    measure_host(&tpm, &log, 8);
+    let m = start_welesd(&dir, &tpm, &log);
+    let ca = tpm.ca.join("issuercert.pem");
+
+    // The host policy: generated from a known-good host log; PCR 0 must be what this host's
+    // firmware (none: swtpm) leaves there.
+    let (ok, _, err) = weles(
+        &m,
+        &[
+            "policy",
+            "generate",
+            "--from-log",
+            log.to_str().unwrap(),
+            "-o",
+            "host.toml",
+        ],
+    );
+    assert!(ok, "{err}");
+    let good = std::fs::read_to_string(dir.join("host.toml")).unwrap();
+    let zero = "0".repeat(64);
+    std::fs::write(
+        dir.join("host.toml"),
+        format!("{good}\n[host]\npcrs = {{ \"0\" = [\"sha256:{zero}\"] }}\n"),
+    )
+    .unwrap();
+
+    // The CLI: verified and pinned.
+    let (ok, out, err) = trust(&m, &ca, "host.toml");
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("host attested by its TPM"), "{out}");
+    assert!(out.contains("8 IMA entries comply"), "{out}");
+    let pinned = std::fs::read_to_string(dir.join("home/manager.json")).unwrap();
+    assert!(pinned.contains("ak_sha256"), "{pinned}");
+
+    // A host log with a file the host policy does not list.
+    let unlisted: String = good
+        .lines()
+        .filter(|l| !l.contains("/tmp/s.sh"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(dir.join("unlisted.toml"), unlisted).unwrap();
+    let (ok, _, err) = trust(&m, &ca, "unlisted.toml");
+    assert!(!ok);
+    assert!(
+        err.contains("entry 6") && err.contains("/tmp/s.sh") && err.contains("not_in_policy"),
+        "{err}"
+    );
+    // A measured-boot reference value the host does not meet.
+    std::fs::write(
+        dir.join("pcr.toml"),
+        format!(
+            "{good}\n[host]\npcrs = {{ \"0\" = [\"sha256:{}\"] }}\n",
+            "1".repeat(64)
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = trust(&m, &ca, "pcr.toml");
+    assert!(!ok);
+    assert!(err.contains("PCR 0"), "{err}");
+    // An EK certificate from a CA the tenant does not trust (the local CA's root is another
+    // issuer than the one that signed the EK certificate).
+    let (ok, _, err) = trust(
+        &m,
+        &tpm.ca.join("swtpm-localca-rootca-cert.pem"),
+        "host.toml",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("not signed by any configured TPM maker CA"),
+        "{err}"
+    );
+
+    // The library the CLI uses, against evidence a lying manager might send.
+    let policy = weles_policy::Policy::load(good.as_bytes(), "host.toml").unwrap();
+    let trust_cfg = HostTrust {
+        ek_cas: vec![der_of(&ca)],
+        policy,
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    };
+    let keys = host_keys(&m);
+    let nonce = "11".repeat(32);
+    let (cred, secret) = host_verify::make_challenge(&keys).unwrap();
+    let (ev, seen) = evidence(&m, &nonce, Some(cred.clone()));
+    weles_client::verify_evidence(&ev, &nonce, &seen).unwrap();
+    let host = ev.host.clone().unwrap();
+    host_verify::verify(&host, &nonce, &ev.manager_key, &secret, &trust_cfg).unwrap();
+    // tpm2-tools agree: the quote verifies with the AK and carries our qualifying data.
+    let ak = hex::decode(&host.keys.ak_public).unwrap();
+    let mut tss = (ak.len() as u16).to_be_bytes().to_vec();
+    tss.extend_from_slice(&ak);
+    std::fs::write(dir.join("ak.pub"), tss).unwrap();
+    std::fs::write(dir.join("quote.msg"), hex::decode(&host.quote).unwrap()).unwrap();
+    std::fs::write(dir.join("quote.sig"), hex::decode(&host.signature).unwrap()).unwrap();
+    let checkquote = |qualifying: &str| {
+        Command::new("tpm2_checkquote")
+            .args([
+                "-u",
+                "ak.pub",
+                "-m",
+                "quote.msg",
+                "-s",
+                "quote.sig",
+                "-g",
+                "sha256",
+            ])
+            .args(["-q", qualifying])
+            .current_dir(&dir)
+            .output()
+            .expect("tpm2-tools is installed")
+            .status
+            .success()
+    };
+    assert!(checkquote(&hex::encode(api::host_qualifying_data(
+        &nonce,
+        &ev.manager_key
+    ))));
+    assert!(!checkquote(&hex::encode(api::host_qualifying_data(
+        &"22".repeat(32),
+        &ev.manager_key
+    ))));
+    let refused = |h: &api::HostEvidence, nonce: &str, secret: &[u8]| {
+        host_verify::verify(h, nonce, &ev.manager_key, secret, &trust_cfg)
+            .unwrap_err()
+            .to_string()
+    };
+    // Replayed evidence: the quote binds another nonce.
+    assert!(refused(&host, &"22".repeat(32), &secret).contains("qualifying data"));
+    // An AK that was not activated: no answer, or a wrong one.
+    let mut h = host.clone();
+    h.activated = None;
+    assert!(refused(&h, &nonce, &secret).contains("not activated"));
+    assert!(refused(&host, &nonce, &[0u8; 32]).contains("not in the TPM"));
+    let (plain, _) = evidence(&m, &nonce, None);
+    assert!(plain.host.unwrap().activated.is_none());
+    // Reported PCR values that are not the quoted ones.
+    let mut h = host.clone();
+    h.pcrs[3] = "ab".repeat(32);
+    assert!(refused(&h, &nonce, &secret).contains("not the ones quoted"));
+    // A log that does not replay to the quoted PCR 10 (an entry dropped).
+    let mut h = host.clone();
+    let full = std::fs::read(&log).unwrap();
+    let shorter = split(&full[..])
+        .iter()
+        .take(7)
+        .flat_map(|(_, raw)| raw.clone())
+        .collect::<Vec<u8>>();
+    h.ima_log = {
+        use base64ct::Encoding;
+        base64ct::Base64::encode_string(&shorter)
+    };
+    assert!(refused(&h, &nonce, &secret).contains("does not replay"));
+
+    // Another host TPM, same maker CA: its quote, its EK, its AK do not fit this evidence.
+    let tpm2 = host_tpm_with_ca(&dir.join("host2"), &tpm.ca);
+    let log2 = dir.join("host2-ima.bin");
+    measure_host(&tpm2, &log2, 8);
+    let dir2 = dir.join("m2");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let m2 = start_welesd(&dir2, &tpm2, &log2);
+    let keys2 = host_keys(&m2);
+    let (cred2, secret2) = host_verify::make_challenge(&keys2).unwrap();
+    let (ev2, _) = evidence(&m2, &nonce, Some(cred2));
+    let other = ev2.host.clone().unwrap();
+    // That host checks out on its own (same maker CA): what follows is refused for the lies,
+    // not for the second TPM.
+    host_verify::verify(&other, &nonce, &ev2.manager_key, &secret2, &trust_cfg).unwrap();
+    // A quote from another TPM: it does not verify with this host's AK.
+    let mut h = host.clone();
+    h.quote = other.quote.clone();
+    h.signature = other.signature.clone();
+    assert!(refused(&h, &nonce, &secret).contains("does not verify"));
+    // A certified EK of another TPM presented as this one's: its certificate checks out, but
+    // the credential made for it cannot be activated here.
+    let mut lying_keys = keys.clone();
+    lying_keys.ek_public = keys2.ek_public.clone();
+    lying_keys.ek_certificate = keys2.ek_certificate.clone();
+    let (cred_other, _) = host_verify::make_challenge(&lying_keys).unwrap();
+    let mut conn = weles_client::Connection::open(&m.url, None).unwrap();
+    let body = serde_json::to_vec(&EvidenceRequest {
+        nonce: nonce.clone(),
+        credential: Some(cred_other),
+    })
+    .unwrap();
+    let r = conn.request("POST", "/v1/evidence", &body, None).unwrap();
+    assert_ne!(
+        r.status, 200,
+        "a credential for another TPM's EK was activated"
+    );
+    // The EK certificate of another TPM with this EK: certifies another key.
+    let mut h = host.clone();
+    h.keys.ek_certificate = keys2.ek_certificate.clone();
+    assert!(refused(&h, &nonce, &secret).contains("certifies another key"));
+
+    // The TEE report binds the AK: evidence whose AK was swapped no longer fits its report data.
+    let mut swapped = ev.clone();
+    if let Some(h) = swapped.host.as_mut() {
+        h.keys.ak_public = keys2.ak_public.clone();
+    }
+    let err = weles_client::verify_evidence(&swapped, &nonce, &seen)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("report data"), "{err}");
+    drop(m2);
+    drop(m);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A second host TPM whose EK certificate the same local CA signs.
+fn host_tpm_with_ca(dir: &Path, ca: &Path) -> HostTpm {
+    std::fs::create_dir_all(dir.join("ca")).unwrap();
+    for f in std::fs::read_dir(ca).unwrap().flatten() {
+        std::fs::copy(f.path(), dir.join("ca").join(f.file_name())).unwrap();
+    }
+    host_tpm(dir)
+}
