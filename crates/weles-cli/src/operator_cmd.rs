@@ -104,6 +104,10 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<Outcome> {
                 "{} tenants, {} VMs, store version {}",
                 h.tenants, h.vms, h.store_version
             );
+            println!(
+                "host: {}",
+                h.host.as_deref().unwrap_or("not attested (no [host] tpm)")
+            );
         }
         OperatorReply::Tenant(t) => print_tenant(&t),
         OperatorReply::Tenants(ts) => {

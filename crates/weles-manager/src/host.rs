@@ -45,6 +45,13 @@ pub struct HostConfig {
     pub ak_handle: u32,
     /// The host's IMA measurement list.
     pub ima_log: PathBuf,
+    /// The operator's host policy (TOML, as a VM policy): with it, welesd watches its own host
+    /// — the IMA log as it grows, replayed against the TPM's PCR 10 — and a host violation makes
+    /// every VM on this host violated (`enforcement.mode = "enforce"`, the default) or is only
+    /// reported to each tenant (`"audit"`).
+    pub policy: Option<PathBuf>,
+    /// How often the host log and PCR 10 are looked at, in milliseconds.
+    pub poll_ms: u64,
 }
 
 impl Default for HostConfig {
@@ -55,6 +62,8 @@ impl Default for HostConfig {
             ek_certificate_index: 0x01c0_0002,
             ak_handle: 0x8101_0057,
             ima_log: PathBuf::from("/sys/kernel/security/ima/binary_runtime_measurements"),
+            policy: None,
+            poll_ms: 1000,
         }
     }
 }
@@ -75,7 +84,7 @@ pub enum HostError {
 
 /// The host TPM, its keys, and a lock for exchanges with it.
 pub struct HostAttestor {
-    cfg: HostConfig,
+    pub(crate) cfg: HostConfig,
     tpm: String,
     keys: HostKeys,
     lock: Mutex<()>,
@@ -176,6 +185,18 @@ impl HostAttestor {
             pcrs: values.iter().map(hex::encode).collect(),
             ima_log: base64ct::Base64::encode_string(&log),
         })
+    }
+
+    /// The host TPM's sha256 PCR 10 now.
+    pub fn pcr10(&self) -> Result<Vec<u8>, HostError> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut link = self.connect()?;
+        let sel = cmd::pcr_selection(&[weles_tpm::ids::ALG_SHA256], &[10]);
+        let r = self.call(&mut link, &cmd::pcr_read(&sel), "PCR_Read")?;
+        self.parse(cmd::parse_pcr_read(&r), "PCR_Read")?
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.err("PCR_Read returned no value".into()))
     }
 
     fn activate(&self, link: &mut Link, blob: &[u8], secret: &[u8]) -> Result<Vec<u8>, HostError> {
@@ -375,4 +396,109 @@ fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
         return Err(format!("larger than {} MiB", max >> 20));
     }
     Ok(out)
+}
+
+/// How long the host log may disagree with PCR 10 (an entry appended, its extend not yet done,
+/// or the reverse) before that is a violation.
+const HOST_PCR_GRACE: Duration = Duration::from_secs(3);
+
+/// Watches the host until `stop`: feeds the host IMA log to a verifier as it grows, judges each
+/// entry by `policy`, and compares the replay with the TPM's PCR 10. Calls `on_violation` once,
+/// with the first finding, and ends.
+pub fn watch(
+    attestor: std::sync::Arc<HostAttestor>,
+    policy: std::sync::Arc<weles_policy::Policy>,
+    poll: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    on_violation: impl Fn(crate::monitor::Finding),
+) {
+    use std::io::{Seek, SeekFrom};
+    use weles_ima::{Bank, Config, Verifier};
+    // The PCR is read before the log: the kernel appends an entry, then extends, so every
+    // extend the PCR holds has its entry in the log read after it. The PCR must equal the
+    // replay after some recent prefix.
+    let mut verifier = Verifier::new(Config {
+        banks: vec![Bank::Sha256],
+        replay_history: 256,
+        ..Config::default()
+    });
+    let mut mismatch_since: Option<std::time::Instant> = None;
+    let path = attestor.cfg.ima_log.clone();
+    let finding = |index: u64, offset: u64, path: String, reason: &str, detail: String| {
+        crate::monitor::Finding {
+            index,
+            offset,
+            path: format!("host:{path}"),
+            digest: None,
+            reason: reason.into(),
+            detail,
+        }
+    };
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let pcr = match attestor.pcr10() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("welesd: {e}");
+                std::thread::sleep(poll);
+                continue;
+            }
+        };
+        let offset = verifier.state().offset + verifier.pending_bytes() as u64;
+        let mut bytes = Vec::new();
+        let read = std::fs::File::open(&path).and_then(|mut f| {
+            if offset > 0 {
+                f.seek(SeekFrom::Start(offset))?;
+            }
+            f.take(4 << 20).read_to_end(&mut bytes)
+        });
+        if let Err(e) = read {
+            eprintln!("welesd: host IMA log {}: {e}", path.display());
+        }
+        if let Err(e) = verifier.feed(&bytes, policy.as_ref()) {
+            let st = verifier.state();
+            return on_violation(finding(
+                st.entries,
+                st.offset,
+                path.display().to_string(),
+                "malformed_log",
+                e.to_string(),
+            ));
+        }
+        if let Some(v) = verifier.take_violations().into_iter().next() {
+            return on_violation(crate::monitor::Finding {
+                index: v.index,
+                offset: v.offset,
+                path: format!("host:{}", v.path),
+                digest: v.digest,
+                reason: v.reason.as_str().to_owned(),
+                detail: format!("the host broke its host policy: {}", v.detail),
+            });
+        }
+        let extends = verifier.state().extends;
+        let replays = (0..=256u64)
+            .filter_map(|k| extends.checked_sub(k))
+            .filter_map(|n| verifier.replay_after(n))
+            .any(|r| r.first().map(|d| d.as_bytes()) == Some(pcr.as_slice()));
+        if replays {
+            mismatch_since = None;
+        } else {
+            let since = *mismatch_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= HOST_PCR_GRACE {
+                let st = verifier.state();
+                return on_violation(finding(
+                    st.entries,
+                    st.offset,
+                    "PCR10".into(),
+                    "pcr_mismatch",
+                    format!(
+                        "the host IMA log ({} entries) does not replay to the host TPM's PCR 10 \
+                         (sha256:{})",
+                        st.entries,
+                        hex::encode(&pcr)
+                    ),
+                ));
+            }
+        }
+        std::thread::sleep(poll);
+    }
 }

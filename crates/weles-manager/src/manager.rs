@@ -88,7 +88,10 @@ pub struct Manager {
     audit: Arc<AuditLog>,
     tee: Box<dyn TeeBackend>,
     /// The host TPM, when the host is attested.
-    host: Option<crate::host::HostAttestor>,
+    host: Option<Arc<crate::host::HostAttestor>>,
+    /// The host's violation of its host policy, once the watcher found one, and whether it is
+    /// enforced on every VM.
+    host_violation: Mutex<Option<(crate::monitor::Finding, bool)>>,
     /// The tenant API's bound address, once listening.
     api_addr: Mutex<Option<std::net::SocketAddr>>,
     store: Mutex<Store>,
@@ -103,7 +106,19 @@ impl Manager {
     pub fn open(cfg: Config) -> anyhow::Result<(Arc<Manager>, Vec<String>)> {
         let (store, notes) = Store::open(&cfg)?;
         let tee = crate::tee::backend(&cfg.tee)?;
-        let host = crate::host::HostAttestor::enroll(&cfg.host)?;
+        let host = crate::host::HostAttestor::enroll(&cfg.host)?.map(Arc::new);
+        let host_policy = match (&host, &cfg.host.policy) {
+            (Some(_), Some(p)) => {
+                let text = std::fs::read(p)
+                    .map_err(|e| anyhow::anyhow!("host policy {}: {e}", p.display()))?;
+                Some(Arc::new(Policy::load(&text, &p.display().to_string())?))
+            }
+            (None, Some(p)) => anyhow::bail!(
+                "host policy {} given, but no host TPM ([host] tpm) to check it against",
+                p.display()
+            ),
+            _ => None,
+        };
         let key = crate::identity::load_ssh_key(&store.secrets().manager_key)
             .map_err(|e| anyhow::anyhow!(e))?;
         let (audit, checkpoints) = AuditLog::open(
@@ -134,6 +149,7 @@ impl Manager {
             audit,
             tee,
             host,
+            host_violation: Mutex::new(None),
             api_addr: Mutex::new(None),
             cfg,
             store: Mutex::new(store),
@@ -156,6 +172,21 @@ impl Manager {
         });
         for (tenant, hook) in hooks {
             mgr.start_webhook(&tenant, hook);
+        }
+        if let (Some(host), Some(policy)) = (mgr.host.clone(), host_policy) {
+            let m = Arc::downgrade(&mgr);
+            let stop = mgr.stop.clone();
+            let enforce = policy.mode == weles_policy::document::Mode::Enforce;
+            let poll = std::time::Duration::from_millis(mgr.cfg.host.poll_ms.max(10));
+            std::thread::Builder::new()
+                .name("host-watch".into())
+                .spawn(move || {
+                    crate::host::watch(host, policy, poll, stop, |f| {
+                        if let Some(m) = m.upgrade() {
+                            m.on_host_violation(f, enforce);
+                        }
+                    })
+                })?;
         }
         let m = Arc::downgrade(&mgr);
         let stop = mgr.stop.clone();
@@ -259,6 +290,7 @@ impl Manager {
                 .lock()
                 .ok()
                 .and_then(|a| a.map(|a| a.to_string())),
+            host: self.host_state(),
         }
     }
 
@@ -281,6 +313,59 @@ impl Manager {
     /// The tenant API's TLS key and certificate (PKCS#8 DER, DER).
     pub fn tls_identity(&self) -> (zeroize::Zeroizing<Vec<u8>>, Vec<u8>) {
         self.with_store(|s| (s.secrets().tls_key.clone(), s.secrets().tls_cert.clone()))
+    }
+
+    /// The host broke its host policy: recorded, then every VM on it is told (and, enforced,
+    /// becomes violated: no authorization, an event for its tenant).
+    fn on_host_violation(&self, f: crate::monitor::Finding, enforce: bool) {
+        eprintln!(
+            "welesd: HOST VIOLATION: {} at entry {} ({}): {}{}",
+            f.reason,
+            f.index,
+            f.path,
+            f.detail,
+            if enforce {
+                "; every VM on this host is now violated"
+            } else {
+                " (host policy in audit mode: reported only)"
+            }
+        );
+        self.log(
+            "host_violation",
+            None,
+            None,
+            serde_json::json!({ "finding": f, "enforced": enforce }),
+        );
+        // Held while every VM is told: a VM started meanwhile either is among them or reads
+        // the finding after (start_vm), and the host's state reads "violated" only once all
+        // VMs are.
+        let mut recorded = self
+            .host_violation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *recorded = Some((f.clone(), enforce));
+        let vms: Vec<Arc<Vm>> = self
+            .running
+            .lock()
+            .map(|r| r.values().map(|x| x.vm.clone()).collect())
+            .unwrap_or_default();
+        for vm in vms {
+            vm.on_host_violation(f.clone(), enforce);
+        }
+        drop(recorded);
+    }
+
+    /// The host's state for operators: `None` without host attestation.
+    pub fn host_state(&self) -> Option<String> {
+        self.host.as_ref()?;
+        let v = self.host_violation.lock().ok().and_then(|h| h.clone());
+        Some(match v {
+            None if self.cfg.host.policy.is_some() => {
+                "watched: complies with the host policy".into()
+            }
+            None => "attested (no host policy: the tenant judges the evidence)".into(),
+            Some((f, _)) => format!("violated: {} at entry {} ({})", f.reason, f.index, f.path),
+        })
     }
 
     /// The host TPM's keys (`GET /v1/host`), when the host is attested.
@@ -970,8 +1055,14 @@ impl Manager {
             vtpm_link,
             guest_link,
         };
+        let vm = running.vm.clone();
         if let Ok(mut r) = self.running.lock() {
             r.insert(rec.name.clone(), running);
+        }
+        // After the insert: either the host watcher's round over `running` sees this VM, or
+        // its finding is already recorded here (it holds the lock while it tells every VM).
+        if let Some((f, enforce)) = self.host_violation.lock().ok().and_then(|h| h.clone()) {
+            vm.on_host_violation(f, enforce);
         }
         Ok(())
     }

@@ -147,6 +147,9 @@ pub struct Monitor {
     pending_since: Option<Instant>,
     /// In `pending` that has not been announced yet: the state the tenant last heard of.
     quiet_pending_from: Option<VmState>,
+    /// The host this VM runs on broke its host policy (enforced): no boot of this VM is
+    /// compliant on it.
+    host_violation: Option<Finding>,
     violation: Option<Finding>,
     boots: u64,
 }
@@ -175,6 +178,7 @@ impl Monitor {
             stale_boot_id: None,
             pending_since: None,
             quiet_pending_from: None,
+            host_violation: None,
             violation: None,
             boots: 0,
         }
@@ -272,6 +276,29 @@ impl Monitor {
             "the vTPM (re)started; waiting for the VM to start",
             &mut step,
         );
+        self.enforce_host_violation(&mut step);
+        step
+    }
+
+    /// A new boot on a host that broke its host policy is violated from its start.
+    fn enforce_host_violation(&mut self, step: &mut Step) {
+        if let Some(f) = self.host_violation.clone() {
+            self.violate(f, step);
+        }
+    }
+
+    /// The host broke its host policy. Enforced: the VM is `violated` (this boot and every
+    /// later one, for as long as this manager runs on that host); otherwise: a notice only.
+    pub fn on_host_violation(&mut self, f: Finding, enforce: bool, now: Instant) -> Step {
+        let mut step = Step::default();
+        if !enforce {
+            step.notices.push(Notice::Violation(f));
+            return step;
+        }
+        if self.host_violation.is_none() {
+            self.host_violation = Some(f);
+            self.evaluate(now, &mut step);
+        }
         step
     }
 
@@ -397,6 +424,7 @@ impl Monitor {
         if fresh_agent && self.policy.is_some() {
             step.want = Some(0);
         }
+        self.enforce_host_violation(step);
     }
 
     fn violate(&mut self, f: Finding, step: &mut Step) {
@@ -413,6 +441,9 @@ impl Monitor {
     fn evaluate(&mut self, now: Instant, step: &mut Step) {
         if self.state == VmState::Violated {
             return;
+        }
+        if let Some(f) = self.host_violation.clone() {
+            return self.violate(f, step);
         }
         if self.history_lost {
             self.pending_since = None;
@@ -559,6 +590,9 @@ pub struct Checkpoint {
     /// In a `pending` not yet announced: the state the tenant last heard of.
     #[serde(default)]
     pub quiet_pending_from: Option<VmState>,
+    /// The host's violation, when it is enforced on this VM.
+    #[serde(default)]
+    pub host_violation: Option<Finding>,
 }
 
 fn digest_text(d: &Digest) -> String {
@@ -595,6 +629,7 @@ impl Monitor {
             boots: self.boots,
             pending: self.pending_since.is_some(),
             quiet_pending_from: self.quiet_pending_from,
+            host_violation: self.host_violation.clone(),
         }
     }
 
@@ -637,6 +672,7 @@ impl Monitor {
             stale_boot_id: cp.stale_boot_id.clone(),
             pending_since: cp.pending.then_some(now),
             quiet_pending_from: cp.quiet_pending_from,
+            host_violation: cp.host_violation.clone(),
             violation: cp.violation.clone(),
             boots: cp.boots,
         })

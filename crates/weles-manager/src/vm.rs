@@ -145,6 +145,10 @@ impl Vm {
         self.drive(|m| m.on_vtpm_restarted());
     }
 
+    pub fn on_host_violation(&self, f: crate::monitor::Finding, enforce: bool) {
+        self.drive(|m| m.on_host_violation(f, enforce, Instant::now()));
+    }
+
     pub fn on_vtpm_lost(&self) {
         self.drive(|m| m.on_vtpm_lost(Instant::now()));
     }

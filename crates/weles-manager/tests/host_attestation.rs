@@ -104,13 +104,36 @@ fn host_tpm(dir: &Path) -> HostTpm {
 /// Plays the host kernel: writes the first `n` entries of a real IMA log to `log` and extends
 /// each into the TPM's sha256 PCR 10, as IMA does.
 fn measure_host(tpm: &HostTpm, log: &Path, n: usize) {
+    measure_host_range(tpm, log, 0..n, true, true);
+}
+
+/// The same for entries `range`, appended; with `log_it`/`extend_it` false, a host that forgets
+/// one half.
+fn measure_host_range(
+    tpm: &HostTpm,
+    log: &Path,
+    range: std::ops::Range<usize>,
+    log_it: bool,
+    extend_it: bool,
+) {
     let mut data = TcpStream::connect(("127.0.0.1", tpm.port)).unwrap();
-    let mut bytes = Vec::new();
-    for (e, raw) in split(&real_log()).iter().take(n) {
-        bytes.extend_from_slice(raw);
-        pcr_extend(&mut data, 10, &[e.template_digest(Bank::Sha256)]);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .unwrap();
+    for (e, raw) in split(&real_log())
+        .iter()
+        .skip(range.start)
+        .take(range.len())
+    {
+        if log_it {
+            std::io::Write::write_all(&mut f, raw).unwrap();
+        }
+        if extend_it {
+            pcr_extend(&mut data, 10, &[e.template_digest(Bank::Sha256)]);
+        }
     }
-    std::fs::write(log, bytes).unwrap();
 }
 
 struct Manager {
@@ -120,11 +143,15 @@ struct Manager {
 }
 
 fn start_welesd(dir: &Path, tpm: &HostTpm, log: &Path) -> Manager {
+    start_welesd_with(dir, tpm, log, "")
+}
+
+fn start_welesd_with(dir: &Path, tpm: &HostTpm, log: &Path, host_extra: &str) -> Manager {
     std::fs::write(
         dir.join("welesd.toml"),
         format!(
             "state_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\ntenant_api = \"127.0.0.1:0\"\n\
-             [host]\ntpm = \"127.0.0.1:{p}\"\nima_log = \"{l}\"\n",
+             [host]\ntpm = \"127.0.0.1:{p}\"\nima_log = \"{l}\"\n{host_extra}",
             d = dir.display(),
             p = tpm.port,
             l = log.display()
@@ -323,10 +350,13 @@ fn the_tenant_verifies_the_host_tpm_itself_and_refuses_every_lie() {
     let trust_cfg = HostTrust {
         ek_cas: vec![der_of(&ca)],
         policy,
+        // An injected clock: ten minutes from now, so that the second host TPM's EK
+        // certificate, made later in this test, is already valid.
         now: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .as_secs(),
+            .as_secs()
+            + 600,
     };
     let keys = host_keys(&m);
     let nonce = "11".repeat(32);
@@ -463,4 +493,127 @@ fn host_tpm_with_ca(dir: &Path, ca: &Path) -> HostTpm {
         std::fs::copy(f.path(), dir.join("ca").join(f.file_name())).unwrap();
     }
     host_tpm(dir)
+}
+
+fn health(m: &Manager) -> weles_proto::operator::Health {
+    match call(&m.dir.join("run/operator.sock"), &OperatorRequest::Health) {
+        Ok(OperatorReply::Health(h)) => h,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn vm_status(m: &Manager, vm: &str) -> weles_proto::operator::VmInfo {
+    match call(
+        &m.dir.join("run/operator.sock"),
+        &OperatorRequest::VmStatus { name: vm.into() },
+    ) {
+        Ok(OperatorReply::Vm(v)) => *v,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn wait_host(m: &Manager, starts: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let h = health(m).host.unwrap_or_default();
+        if h.starts_with(starts) {
+            return h;
+        }
+        assert!(Instant::now() < deadline, "host state stayed {h:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn welesd_watches_its_host_and_a_host_violation_violates_every_vm() {
+    let dir = std::env::temp_dir().join(format!("weles-hostwatch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tpm = host_tpm(&dir.join("host1"));
+    let log = dir.join("host-ima.bin");
+    // The operator's host policy: the first 7 entries of a known-good host run.
+    measure_host(&tpm, &log, 7);
+    let out = Command::new(bin("weles"))
+        .args(["policy", "generate", "--from-log"])
+        .arg(&log)
+        .arg("-o")
+        .arg(dir.join("host.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = start_welesd_with(
+        &dir,
+        &tpm,
+        &log,
+        &format!(
+            "policy = \"{}\"\npoll_ms = 100\n",
+            dir.join("host.toml").display()
+        ),
+    );
+    let h = wait_host(&m, "watched");
+    assert!(h.contains("complies"), "{h}");
+    assert!(matches!(
+        call(
+            &dir.join("run/operator.sock"),
+            &OperatorRequest::CreateVm {
+                tenant: "acme".into(),
+                name: "web-1".into()
+            }
+        ),
+        Ok(OperatorReply::Vm(_))
+    ));
+    assert_ne!(vm_status(&m, "web-1").state, "violated");
+
+    // The host runs something its policy does not list (entry 7: /etc/weles.conf read by root).
+    measure_host_range(&tpm, &log, 7..8, true, true);
+    let h = wait_host(&m, "violated");
+    assert!(
+        h.contains("not_in_policy") && h.contains("/etc/weles.conf"),
+        "{h}"
+    );
+    // Every VM on the host is violated, for its tenant to see; no authorization follows.
+    let v = vm_status(&m, "web-1");
+    assert_eq!(v.state, "violated", "{v:?}");
+    assert!(v.reason.contains("host:/etc/weles.conf"), "{}", v.reason);
+    let audit = std::fs::read_to_string(dir.join("state/audit.log")).unwrap();
+    assert!(audit.contains("host_violation"), "{audit}");
+    // A VM created afterwards starts violated too.
+    assert!(matches!(
+        call(
+            &dir.join("run/operator.sock"),
+            &OperatorRequest::CreateVm {
+                tenant: "acme".into(),
+                name: "web-2".into()
+            }
+        ),
+        Ok(OperatorReply::Vm(_))
+    ));
+    assert_eq!(vm_status(&m, "web-2").state, "violated");
+    drop(m);
+
+    // A host whose log and PCR 10 part ways (an extend with no entry: a hidden measurement).
+    let dir2 = dir.join("m2");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let tpm2 = host_tpm(&dir2.join("host"));
+    let log2 = dir2.join("host-ima.bin");
+    measure_host(&tpm2, &log2, 7);
+    let m2 = start_welesd_with(
+        &dir2,
+        &tpm2,
+        &log2,
+        &format!(
+            "policy = \"{}\"\npoll_ms = 100\n",
+            dir.join("host.toml").display()
+        ),
+    );
+    wait_host(&m2, "watched");
+    measure_host_range(&tpm2, &log2, 7..8, false, true);
+    let h = wait_host(&m2, "violated");
+    assert!(h.contains("pcr_mismatch"), "{h}");
+    drop(m2);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -413,3 +413,40 @@ fn nothing_is_judged_before_the_vtpm_started_and_late_events_keep_the_current_ag
     m.on_log(0, &log, t);
     assert_eq!(m.state(), VmState::Compliant);
 }
+
+#[test]
+fn a_host_violation_violates_every_boot_or_in_audit_mode_is_only_reported() {
+    let log = real_log();
+    let (_, entries) = parse_all(&log, Default::default()).unwrap();
+    let records = extend_records(&entries, &mut zero_pcrs(), 2);
+    let t = Instant::now();
+    let mut m = booted(&records, t);
+    m.on_log(0, &log, t);
+    assert_eq!(m.state(), VmState::Compliant);
+    let f = weles_manager::monitor::Finding {
+        index: 7,
+        offset: 1234,
+        path: "host:/etc/weles.conf".into(),
+        digest: None,
+        reason: "not_in_policy".into(),
+        detail: "the host broke its host policy".into(),
+    };
+    // Audit mode: the tenant hears of it; the VM stays as it is.
+    let step = m.on_host_violation(f.clone(), false, t);
+    assert!(matches!(step.notices[..], [Notice::Violation(_)]));
+    assert_eq!(m.state(), VmState::Compliant);
+    // Enforced: violated at once, with the host's finding.
+    let step = m.on_host_violation(f.clone(), true, t);
+    assert_eq!(states(&step.notices), [VmState::Violated]);
+    assert_eq!(m.status().violation.as_ref(), Some(&f));
+    // A reboot does not help on that host: the new boot is violated from its start.
+    let boots = m.status().boots;
+    m.on_vtpm(&startup(records.len() as u64 + 10), t);
+    assert_eq!(m.status().boots, boots + 1, "a real reboot");
+    assert_eq!(m.state(), VmState::Violated);
+    m.on_vtpm_restarted();
+    assert_eq!(m.state(), VmState::Violated);
+    // And it survives a manager restart through the checkpoint.
+    let back = Monitor::restore(&m.checkpoint(), t).unwrap();
+    assert_eq!(back.state(), VmState::Violated);
+}

@@ -42,6 +42,9 @@ pub struct Health {
     pub store_version: u64,
     /// Where the tenant API listens (`host:port`), once it does.
     pub tenant_api: Option<String>,
+    /// Host attestation: off (`None`), attested, watched, or violated (with the finding).
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -143,7 +143,21 @@ pub fn measure(
 /// A power-on as QEMU and the firmware do it: CMD_INIT on the control channel, then
 /// TPM2_Startup(CLEAR) on the data channel (a new connection, returned).
 pub fn power_on(ctrl: &Path, data: &Path) -> UnixStream {
-    let mut c = UnixStream::connect(ctrl).unwrap();
+    // The vTPM may still be starting (welesd spawns it): wait for its control socket.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut c = loop {
+        match UnixStream::connect(ctrl) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{}: {e}",
+                    ctrl.display()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    };
     c.write_all(&[0, 0, 0, 2, 0, 0, 0, 0]).unwrap();
     let mut r = [0u8; 4];
     c.read_exact(&mut r).unwrap();
