@@ -79,15 +79,7 @@ impl Vm {
     /// only (stock clients refuse unknown critical options), records it, and sends it to the
     /// guest for sshd's `HostCertificate`.
     pub fn issue_certificate(&self) -> Result<HostCertificate, String> {
-        let signing = self
-            .signing
-            .lock()
-            .ok()
-            .and_then(|s| s.clone())
-            .ok_or("signing is not set up for this VM")?;
-        let key = self
-            .host_key()
-            .ok_or("no host key has been accepted for this VM")?;
+        let (signing, key) = self.signing_and_key()?;
         let (state, policy) = self
             .monitor
             .lock()
@@ -192,6 +184,20 @@ impl Vm {
         self.host_key.lock().ok().and_then(|h| h.clone())
     }
 
+    /// What signing for this VM needs: its setup and its accepted host key.
+    fn signing_and_key(&self) -> Result<(Signing, HostKeyInfo), String> {
+        let signing = self
+            .signing
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .ok_or("signing is not set up for this VM")?;
+        let key = self
+            .host_key()
+            .ok_or("no host key has been accepted for this VM")?;
+        Ok((signing, key))
+    }
+
     /// The agent reported the host key's handle: read its public area from the vTPM itself,
     /// check it, record the verdict, and tell the agent. Runs on its own thread (the vTPM
     /// answers on the event link, which must not wait for this).
@@ -286,15 +292,7 @@ impl Vm {
     }
 
     fn authorize(&self, req: &AuthorizeRequest) -> Result<Authorization, String> {
-        let signing = self
-            .signing
-            .lock()
-            .ok()
-            .and_then(|s| s.clone())
-            .ok_or("signing is not set up for this VM")?;
-        let key = self
-            .host_key()
-            .ok_or("no host key has been accepted for this VM")?;
+        let (signing, key) = self.signing_and_key()?;
         if req.handle != key.handle {
             return Err(format!("{:#x} is not this VM's host key", req.handle));
         }

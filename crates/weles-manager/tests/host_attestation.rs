@@ -161,11 +161,7 @@ fn start_welesd_with(dir: &Path, tpm: &HostTpm, log: &Path, host_extra: &str) ->
     let child = Command::new(bin("welesd"))
         .arg("--config")
         .arg(dir.join("welesd.toml"))
-        .stderr(if std::env::var_os("WELES_TEST_VERBOSE").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stderr(support::child_stderr())
         .spawn()
         .unwrap();
     let socket = dir.join("run/operator.sock");

@@ -65,11 +65,7 @@ impl Env {
         let child = Command::new(env!("CARGO_BIN_EXE_welesd"))
             .arg("--config")
             .arg(self.dir.join("welesd.toml"))
-            .stderr(if std::env::var_os("WELES_TEST_VERBOSE").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(support::child_stderr())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -217,11 +213,7 @@ impl Env {
                         })
                         .unwrap_or_default(),
                 )
-                .stderr(if std::env::var_os("WELES_TEST_VERBOSE").is_some() {
-                    Stdio::inherit()
-                } else {
-                    Stdio::null()
-                })
+                .stderr(support::child_stderr())
                 .spawn()
                 .unwrap(),
         );
@@ -1086,11 +1078,7 @@ fn start_sshd_with(env: &Env, name: &str, host_lines: &str) -> Sshd {
     let child = Command::new("/usr/sbin/sshd")
         .args(["-D", "-e", "-f"])
         .arg(d.join(name))
-        .stderr(if std::env::var_os("WELES_TEST_VERBOSE").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stderr(support::child_stderr())
         .spawn()
         .expect("sshd (openssh-server) is installed");
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -28,6 +28,15 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Kills the process when dropped.
+/// Where a started process's stderr goes: shown with WELES_TEST_VERBOSE=1, else dropped.
+pub fn child_stderr() -> std::process::Stdio {
+    if std::env::var_os("WELES_TEST_VERBOSE").is_some() {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    }
+}
+
 pub struct Kill(pub Child);
 
 impl Drop for Kill {
