@@ -12,8 +12,11 @@ use std::io::{self, BufRead, Read, Write};
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most header lines.
 pub const MAX_HEADERS: usize = 64;
-/// Most bytes of a body.
+/// Most bytes of a request body (what the manager accepts from anyone).
 pub const MAX_BODY: usize = 1 << 20;
+/// Most bytes of a response body (what a tenant accepts from the manager it pinned): evidence
+/// carries the host's IMA log, up to 64 MiB before base64.
+pub const MAX_RESPONSE_BODY: usize = 128 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -23,8 +26,8 @@ pub enum HttpError {
     Malformed(String),
     #[error("the head exceeds {MAX_HEAD} bytes or {MAX_HEADERS} header lines")]
     HeadTooLarge,
-    #[error("a body of {0} bytes exceeds {MAX_BODY}")]
-    BodyTooLarge(u64),
+    #[error("a body of {0} bytes exceeds {1}")]
+    BodyTooLarge(u64, usize),
     #[error("{0} is not supported")]
     Unsupported(String),
     #[error(transparent)]
@@ -36,7 +39,7 @@ impl HttpError {
     pub fn status(&self) -> u16 {
         match self {
             HttpError::HeadTooLarge => 431,
-            HttpError::BodyTooLarge(_) => 413,
+            HttpError::BodyTooLarge(..) => 413,
             HttpError::Unsupported(_) => 501,
             _ => 400,
         }
@@ -165,7 +168,11 @@ fn read_head(r: &mut impl BufRead) -> Result<Option<(String, Headers)>, HttpErro
     Ok(first.map(|f| (f, headers)))
 }
 
-fn read_body(r: &mut impl BufRead, headers: &[(String, String)]) -> Result<Vec<u8>, HttpError> {
+fn read_body(
+    r: &mut impl BufRead,
+    headers: &[(String, String)],
+    max: usize,
+) -> Result<Vec<u8>, HttpError> {
     if let Some(te) = header(headers, "transfer-encoding") {
         return Err(HttpError::Unsupported(format!(
             "Transfer-Encoding: {te:.40}"
@@ -177,8 +184,8 @@ fn read_body(r: &mut impl BufRead, headers: &[(String, String)]) -> Result<Vec<u
             .parse::<u64>()
             .map_err(|_| HttpError::Malformed(format!("Content-Length {v:.40}")))?,
     };
-    if len > MAX_BODY as u64 {
-        return Err(HttpError::BodyTooLarge(len));
+    if len > max as u64 {
+        return Err(HttpError::BodyTooLarge(len, max));
     }
     let mut body = vec![0u8; len as usize];
     r.read_exact(&mut body).map_err(|e| match e.kind() {
@@ -209,7 +216,7 @@ pub fn read_request(r: &mut impl BufRead) -> Result<Option<Request>, HttpError> 
         return Err(HttpError::Malformed(format!("request target {target:.60}")));
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let body = read_body(r, &headers)?;
+    let body = read_body(r, &headers, MAX_BODY)?;
     Ok(Some(Request {
         method: method.to_owned(),
         path: path.to_owned(),
@@ -237,13 +244,13 @@ pub fn read_response_body(
     r: &mut impl BufRead,
     headers: &[(String, String)],
 ) -> Result<Vec<u8>, HttpError> {
-    read_body(r, headers)
+    read_body(r, headers, MAX_RESPONSE_BODY)
 }
 
 /// Reads a whole response (with `Content-Length`).
 pub fn read_response(r: &mut impl BufRead) -> Result<Response, HttpError> {
     let (status, headers) = read_response_head(r)?;
-    let body = read_body(r, &headers)?;
+    let body = read_body(r, &headers, MAX_RESPONSE_BODY)?;
     Ok(Response {
         status,
         headers,
