@@ -49,6 +49,13 @@ pub struct TrustArgs {
     /// values): the host's IMA log must comply and PCRs 0–9 match.
     #[arg(long, value_name = "POLICY", requires = "host_ca")]
     host_policy: Option<PathBuf>,
+    /// A manager in an SEV-SNP VM (`tsm` backend): the VCEK certificate (DER) of its chip, from
+    /// AMD's key server (offline collateral; AMD's ARK and ASK are built in).
+    #[arg(long, value_name = "VCEK_DER")]
+    snp_vcek: Option<PathBuf>,
+    /// An SEV-SNP launch measurement (96 hex digits) of a manager image you accept; repeatable.
+    #[arg(long, value_name = "HEX")]
+    snp_measurement: Vec<String>,
     #[arg(long)]
     json: bool,
 }
@@ -152,7 +159,23 @@ fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
     let r = conn.request("POST", "/v1/evidence", &body, None)?;
     let ev: Evidence = manager_client::json(&r)?;
     let seen = hex::encode(conn.seen_spki);
-    let checks = manager_client::verify_evidence(&ev, &nonce, &seen);
+    let mut tee = manager_client::TeeTrust {
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+        ..Default::default()
+    };
+    if let Some(p) = &a.snp_vcek {
+        tee.snp_vcek = Some(std::fs::read(p).with_context(|| p.display().to_string())?);
+    }
+    for m in &a.snp_measurement {
+        let bytes = hex::decode(m)
+            .ok()
+            .and_then(|b| <[u8; 48]>::try_from(b).ok())
+            .with_context(|| format!("--snp-measurement {m}: 96 hex digits"))?;
+        tee.snp_measurements.push(bytes);
+    }
+    let checks = manager_client::verify_evidence(&ev, &nonce, &seen, &tee);
     if let Err(e) = checks {
         bail!("the manager's evidence does not check out: {e}");
     }

@@ -404,6 +404,7 @@ pub fn verify_evidence(
     ev: &weles_proto::api::Evidence,
     nonce: &str,
     seen_spki: &str,
+    tee: &TeeTrust,
 ) -> anyhow::Result<()> {
     if ev.nonce != nonce {
         bail!("it answers another nonce (a replayed answer?)");
@@ -439,7 +440,60 @@ pub fn verify_evidence(
                 bail!("the sim report carries other report data");
             }
         }
-        other => bail!("TEE backend {other:?}: this weles cannot verify its reports yet"),
+        "tsm" => verify_tsm_report(&ev.report, &expected, tee)?,
+        "sgx" => bail!(
+            "TEE backend sgx: verifying SGX DCAP quotes is not built yet, so this evidence \
+             cannot be trusted (refused)"
+        ),
+        other => bail!("TEE backend {other:?}: unknown; refused"),
+    }
+    Ok(())
+}
+
+/// What the tenant trusts about real TEEs: reference values and offline collateral.
+#[derive(Clone, Debug, Default)]
+pub struct TeeTrust {
+    /// SEV-SNP: the VCEK (DER) of the chip the manager runs on, from AMD's key server.
+    pub snp_vcek: Option<Vec<u8>>,
+    /// SEV-SNP: the launch measurements (48 bytes) of manager images the tenant accepts.
+    pub snp_measurements: Vec<[u8; 48]>,
+    /// "Now" for certificate validity, seconds since the epoch.
+    pub now: u64,
+}
+
+/// A configfs-tsm report: for SEV-SNP, AMD's chain and the VCEK's signature, a trusted launch
+/// measurement, and our report data in it. TDX quotes are refused (not verifiable yet).
+fn verify_tsm_report(report: &str, expected_hex: &str, tee: &TeeTrust) -> anyhow::Result<()> {
+    let r: serde_json::Value = serde_json::from_str(report).context("tsm report is not JSON")?;
+    match r["provider"].as_str() {
+        Some("sev_guest") => {}
+        Some("tdx_guest") => bail!(
+            "TEE tsm/tdx_guest: verifying TDX quotes is not built yet, so this evidence cannot \
+             be trusted (refused)"
+        ),
+        other => bail!("tsm report from provider {other:?}: refused"),
+    }
+    let outblob = base64ct::Base64::decode_vec(r["outblob"].as_str().unwrap_or(""))
+        .map_err(|_| anyhow::anyhow!("tsm report: outblob is not base64"))?;
+    let Some(vcek) = &tee.snp_vcek else {
+        bail!(
+            "the manager runs in an SEV-SNP VM: give its chip's VCEK (--snp-vcek, from AMD's key \
+             server) and the measurements you accept (--snp-measurement)"
+        );
+    };
+    let report = weles_tee::snp::verify(&outblob, vcek, tee.now)
+        .map_err(|e| anyhow::anyhow!("the SEV-SNP report: {e}"))?;
+    if !tee.snp_measurements.contains(&report.measurement) {
+        bail!(
+            "the SEV-SNP launch measurement {} is not one you accept (--snp-measurement)",
+            hex::encode(report.measurement)
+        );
+    }
+    if hex::encode(report.report_data) != expected_hex {
+        bail!(
+            "the SEV-SNP report does not carry our report data (nonce, manager key, TLS key): a \
+             replayed or relayed report"
+        );
     }
     Ok(())
 }

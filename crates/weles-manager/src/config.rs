@@ -11,8 +11,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Sockets: the operator socket, and per VM the vTPM, event and guest sockets.
     pub run_dir: PathBuf,
-    /// The TEE backend. Only `sim` exists (no protection: development and tests).
+    /// The TEE backend: `sim` (no protection: development and tests), `sgx` (welesd runs in a
+    /// Gramine-SGX enclave), `tsm` (welesd runs in a confidential VM: SEV-SNP or TDX).
     pub tee: String,
+    /// The backend's interface: `sgx`: Gramine's attestation directory (`/dev/attestation`);
+    /// `tsm`: the configfs-tsm report directory (`/sys/kernel/config/tsm/report`).
+    pub tee_device: Option<PathBuf>,
     /// Where the tenant API (HTTPS) listens; port 0 picks a free port (see `weles operator
     /// health`).
     pub tenant_api: String,
@@ -52,6 +56,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/weles"),
             run_dir: PathBuf::from("/run/weles"),
             tee: "sim".into(),
+            tee_device: None,
             tenant_api: "127.0.0.1:8443".into(),
             vtpm: VtpmConfig::default(),
             store: StoreConfig::default(),
@@ -98,9 +103,9 @@ impl Config {
                 .unwrap_or_default();
             anyhow::anyhow!("{source}{at}: {}", e.message())
         })?;
-        if cfg.tee != "sim" {
+        if !["sim", "sgx", "tsm"].contains(&cfg.tee.as_str()) {
             anyhow::bail!(
-                "{source}: tee = {:?}: only the `sim` backend exists in this build (sgx and tsm come later)",
+                "{source}: tee = {:?}: the backends are `sim`, `sgx` and `tsm`",
                 cfg.tee
             );
         }
@@ -148,10 +153,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("c.toml:2: unknown field `state_dri`"), "{e}");
-        let e = Config::parse("tee = \"sgx\"", "c.toml")
+        let e = Config::parse("tee = \"sev\"", "c.toml")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("only the `sim` backend"), "{e}");
+        assert!(e.contains("the backends are `sim`, `sgx` and `tsm`"), "{e}");
+        assert_eq!(Config::parse("tee = \"tsm\"", "c").unwrap().tee, "tsm");
         assert!(Config::parse("[vtpm]\npcr_banks = [\"md5\"]", "c").is_err());
     }
 }

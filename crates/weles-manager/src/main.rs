@@ -57,10 +57,18 @@ fn run() -> anyhow::Result<()> {
     if let Some(a) = cli.tenant_api {
         cfg.tenant_api = a;
     }
-    eprintln!(
-        "welesd {}: TEE backend `sim` — SIMULATED, no hardware protection (development and tests only)",
-        env!("CARGO_PKG_VERSION")
-    );
+    if cfg.tee == "sim" {
+        eprintln!(
+            "welesd {}: TEE backend `sim` — SIMULATED, no hardware protection (development and tests only)",
+            env!("CARGO_PKG_VERSION")
+        );
+    } else {
+        eprintln!(
+            "welesd {}: TEE backend `{}`",
+            env!("CARGO_PKG_VERSION"),
+            cfg.tee
+        );
+    }
     let socket = cfg.operator_socket();
     let listener = operator::bind(&socket).context("operator socket")?;
     let api_listener = std::net::TcpListener::bind(&cfg.tenant_api)

@@ -105,7 +105,7 @@ impl Manager {
     /// Opens the store and starts monitoring every registered VM (adopting running vTPMs).
     pub fn open(cfg: Config) -> anyhow::Result<(Arc<Manager>, Vec<String>)> {
         let (store, notes) = Store::open(&cfg)?;
-        let tee = crate::tee::backend(&cfg.tee)?;
+        let tee = crate::tee::backend(&cfg.tee, cfg.tee_device.as_deref())?;
         let host = crate::host::HostAttestor::enroll(&cfg.host)?.map(Arc::new);
         let host_policy = match (&host, &cfg.host.policy) {
             (Some(_), Some(p)) => {

@@ -119,13 +119,18 @@ impl Store {
             source,
         })?;
         let mut notes = Vec::new();
-        let tee = crate::tee::backend(&cfg.tee).map_err(|e| StoreError::Ca(e.to_string()))?;
+        let tee = crate::tee::backend(&cfg.tee, cfg.tee_device.as_deref())
+            .map_err(|e| StoreError::Ca(e.to_string()))?;
         let (provider, created) = tee
             .sealing(dir)
             .map_err(|e| StoreError::Ca(e.to_string()))?;
         if created {
+            let protection = match tee.kind() {
+                "sim" => "sim: protected by file permissions only, not by a TEE",
+                _ => "a file inside the confidential VM: as safe as the CVM's encrypted storage",
+            };
             notes.push(format!(
-                "created the {} sealing key in {} (sim: protected by file permissions only, not by a TEE)",
+                "created the {} sealing key in {} ({protection})",
                 tee.kind(),
                 dir.display()
             ));

@@ -358,7 +358,7 @@ fn the_tenant_verifies_the_host_tpm_itself_and_refuses_every_lie() {
     let nonce = "11".repeat(32);
     let (cred, secret) = host_verify::make_challenge(&keys).unwrap();
     let (ev, seen) = evidence(&m, &nonce, Some(cred.clone()));
-    weles_client::verify_evidence(&ev, &nonce, &seen).unwrap();
+    weles_client::verify_evidence(&ev, &nonce, &seen, &Default::default()).unwrap();
     let host = ev.host.clone().unwrap();
     host_verify::verify(&host, &nonce, &ev.manager_key, &secret, &trust_cfg).unwrap();
     // tpm2-tools agree: the quote verifies with the AK and carries our qualifying data.
@@ -473,7 +473,7 @@ fn the_tenant_verifies_the_host_tpm_itself_and_refuses_every_lie() {
     if let Some(h) = swapped.host.as_mut() {
         h.keys.ak_public = keys2.ak_public.clone();
     }
-    let err = weles_client::verify_evidence(&swapped, &nonce, &seen)
+    let err = weles_client::verify_evidence(&swapped, &nonce, &seen, &Default::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("report data"), "{err}");

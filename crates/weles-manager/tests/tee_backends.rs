@@ -1,0 +1,218 @@
+//! The `tsm` and `sgx` TEE backends against directory trees that behave like the kernel's
+//! configfs-tsm and Gramine's `/dev/attestation`, serving recorded real evidence (AMD's sample
+//! SEV-SNP report, Intel's sample DCAP quote); and a real welesd on the `tsm` backend whose
+//! evidence the real `weles manager trust` verifies as far as recorded evidence can go.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{Kill, bin};
+use weles_manager::tee::{SgxTee, TeeBackend, TsmTee};
+use weles_proto::operator::{OperatorReply, OperatorRequest, call};
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+fn snp_report() -> Vec<u8> {
+    std::fs::read(format!("{ROOT}/testdata/tee/snp-report-milan.bin")).unwrap()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("weles-tee-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Plays configfs-tsm under `root`: a new report directory gets `generation`; once `inblob` is
+/// written, `provider`, the next generation (`extra_writes` more to play a racing writer) and
+/// `outblob` appear. Records every inblob it saw.
+struct FakeTsm {
+    stop: Arc<AtomicBool>,
+    inblobs: Arc<Mutex<Vec<Vec<u8>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeTsm {
+    fn start(root: &Path, outblob: Vec<u8>, extra_writes: u64) -> FakeTsm {
+        let stop = Arc::new(AtomicBool::new(false));
+        let inblobs = Arc::new(Mutex::new(Vec::new()));
+        let (s, seen, root) = (stop.clone(), inblobs.clone(), root.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let mut generations = std::collections::HashMap::<PathBuf, u64>::new();
+            while !s.load(Ordering::SeqCst) {
+                for e in std::fs::read_dir(&root).unwrap().flatten() {
+                    let d = e.path();
+                    if !d.join("generation").exists() {
+                        let _ = std::fs::write(d.join("generation"), "0\n");
+                        generations.insert(d.clone(), 0);
+                    }
+                    let g = generations.entry(d.clone()).or_insert(0);
+                    if let Ok(inblob) = std::fs::read(d.join("inblob")) {
+                        let _ = std::fs::remove_file(d.join("inblob"));
+                        seen.lock().unwrap().push(inblob);
+                        *g += 1 + extra_writes;
+                        std::fs::write(d.join("provider"), "sev_guest\n").unwrap();
+                        std::fs::write(d.join("generation"), format!("{g}\n")).unwrap();
+                        std::fs::write(d.join("outblob.tmp"), &outblob).unwrap();
+                        std::fs::rename(d.join("outblob.tmp"), d.join("outblob")).unwrap();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        FakeTsm {
+            stop,
+            inblobs,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeTsm {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn tsm_writes_our_report_data_and_returns_the_tees_report() {
+    let root = temp("tsm");
+    let fake = FakeTsm::start(&root, snp_report(), 0);
+    let tee = TsmTee { root: root.clone() };
+    let rd = [0x5a; 64];
+    let report: serde_json::Value = serde_json::from_str(&tee.report(&rd).unwrap()).unwrap();
+    assert_eq!(report["tee"], "tsm");
+    assert_eq!(report["provider"], "sev_guest");
+    use base64ct::Encoding;
+    let out = base64ct::Base64::decode_vec(report["outblob"].as_str().unwrap()).unwrap();
+    assert_eq!(out, snp_report());
+    assert!(report["auxblob"].is_null());
+    assert_eq!(fake.inblobs.lock().unwrap().as_slice(), [rd.to_vec()]);
+    // The report directory is gone again.
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+    drop(fake);
+
+    // Another writer between our write and our read (generation moved by more than one):
+    // no report is taken for ours.
+    let racy = FakeTsm::start(&root, snp_report(), 1);
+    let e = tee.report(&rd).unwrap_err().to_string();
+    assert!(e.contains("raced"), "{e}");
+    drop(racy);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn sgx_writes_our_report_data_returns_the_quote_and_seals_with_the_enclave_key() {
+    let dev = temp("sgx");
+    std::fs::create_dir_all(dev.join("keys")).unwrap();
+    std::fs::write(dev.join("attestation_type"), "dcap").unwrap();
+    let quote = std::fs::read(format!("{ROOT}/testdata/tee/sgx-quote-dcap.bin")).unwrap();
+    std::fs::write(dev.join("quote"), &quote).unwrap();
+    std::fs::write(dev.join("keys/_sgx_mrenclave"), [7u8; 16]).unwrap();
+    let tee = SgxTee { dev: dev.clone() };
+    let rd = [0xa5; 64];
+    let report: serde_json::Value = serde_json::from_str(&tee.report(&rd).unwrap()).unwrap();
+    assert_eq!(report["tee"], "sgx");
+    use base64ct::Encoding;
+    assert_eq!(
+        base64ct::Base64::decode_vec(report["quote"].as_str().unwrap()).unwrap(),
+        quote
+    );
+    assert_eq!(std::fs::read(dev.join("user_report_data")).unwrap(), rd);
+    // The sealing key follows the enclave's key: the same enclave gets it again, another not.
+    let k1 = tee.sealing(&dev).unwrap().0.key().unwrap();
+    let k2 = tee.sealing(&dev).unwrap().0.key().unwrap();
+    assert_eq!(*k1, *k2);
+    assert_eq!(tee.sealing(&dev).unwrap().0.kind(), "sgx-mrenclave");
+    std::fs::write(dev.join("keys/_sgx_mrenclave"), [8u8; 16]).unwrap();
+    assert_ne!(*tee.sealing(&dev).unwrap().0.key().unwrap(), *k1);
+    std::fs::write(dev.join("keys/_sgx_mrenclave"), [8u8; 15]).unwrap();
+    assert!(tee.sealing(&dev).is_err());
+    // An enclave without DCAP (EPID, or none) gives no evidence we could check.
+    std::fs::write(dev.join("attestation_type"), "epid").unwrap();
+    let e = tee.report(&rd).unwrap_err().to_string();
+    assert!(e.contains("only \"dcap\""), "{e}");
+    let _ = std::fs::remove_dir_all(&dev);
+}
+
+#[test]
+fn a_tenant_checks_a_tsm_managers_snp_report_itself() {
+    let dir = temp("welesd");
+    let root = dir.join("tsm");
+    std::fs::create_dir_all(&root).unwrap();
+    let _fake = FakeTsm::start(&root, snp_report(), 0);
+    std::fs::write(
+        dir.join("welesd.toml"),
+        format!(
+            "state_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\ntenant_api = \"127.0.0.1:0\"\n\
+             tee = \"tsm\"\ntee_device = \"{r}\"\n",
+            d = dir.display(),
+            r = root.display()
+        ),
+    )
+    .unwrap();
+    let _welesd = Kill(
+        Command::new(bin("welesd"))
+            .arg("--config")
+            .arg(dir.join("welesd.toml"))
+            .stderr(support::child_stderr())
+            .spawn()
+            .unwrap(),
+    );
+    let socket = dir.join("run/operator.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let api = loop {
+        if let Ok(OperatorReply::Health(h)) = call(&socket, &OperatorRequest::Health)
+            && let Some(a) = h.tenant_api
+        {
+            assert_eq!(h.tee, "tsm");
+            break a;
+        }
+        assert!(Instant::now() < deadline, "welesd did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(dir.join("acme"))
+        .status()
+        .unwrap();
+    let vcek = format!("{ROOT}/testdata/tee/snp-vcek-milan.der");
+    let measurement = "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f";
+    let trust = |extra: &[&str]| {
+        let o = Command::new(bin("weles"))
+            .args([
+                "manager",
+                "trust",
+                &format!("https://{api}"),
+                "--tenant",
+                "acme",
+            ])
+            .args(["--key", "acme"])
+            .args(extra)
+            .env("WELES_HOME", dir.join("home"))
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // Without collateral: told what to give.
+    assert!(trust(&[]).contains("--snp-vcek"));
+    // A measurement the tenant does not accept.
+    let e = trust(&["--snp-vcek", &vcek, "--snp-measurement", &"00".repeat(48)]);
+    assert!(e.contains("launch measurement 7a1e5c26"), "{e}");
+    // The real report passes AMD's chain and the measurement, and is still refused: it was
+    // recorded for someone else's nonce (a replayed report), which is all recorded evidence
+    // can be here.
+    let e = trust(&["--snp-vcek", &vcek, "--snp-measurement", measurement]);
+    assert!(e.contains("does not carry our report data"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

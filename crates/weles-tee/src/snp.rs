@@ -1,0 +1,258 @@
+//! AMD SEV-SNP attestation reports (SEV-SNP ABI spec, `ATTESTATION_REPORT`), verified offline
+//! against AMD's certificate chain: ARK (self-signed) → ASK → VCEK (RSA-PSS, SHA-384), and the
+//! VCEK's ECDSA P-384 signature over the report.
+//!
+//! The report and the VCEK come from whoever relays them and are untrusted: the report is parsed
+//! with fixed offsets over exactly 1184 bytes (fuzzed: `fuzz/fuzz_targets/snp_report.rs`). AMD's
+//! ARK and ASK for Milan and Genoa are built in (public certificates from AMD's key server),
+//! chosen by the VCEK's issuer. The VCEK must belong to the chip and TCB the report names.
+
+use p384::ecdsa::signature::hazmat::PrehashVerifier;
+use sha2::{Digest, Sha384};
+use x509_cert::Certificate;
+use x509_cert::der::{Decode, Encode};
+
+/// Size of an attestation report (versions 2, 3 and 5 alike).
+pub const REPORT_LEN: usize = 0x4a0;
+/// The signed part: everything before the signature.
+const SIGNED_LEN: usize = 0x2a0;
+
+const ARK_MILAN: &str = include_str!("../certs/amd/milan/ark.pem");
+const ASK_MILAN: &str = include_str!("../certs/amd/milan/ask.pem");
+const ARK_GENOA: &str = include_str!("../certs/amd/genoa/ark.pem");
+const ASK_GENOA: &str = include_str!("../certs/amd/genoa/ask.pem");
+
+/// The fields of a report a verifier decides on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub version: u32,
+    pub guest_svn: u32,
+    pub policy: u64,
+    pub vmpl: u32,
+    pub signature_algo: u32,
+    pub platform_info: u64,
+    pub report_data: [u8; 64],
+    /// The launch measurement of the guest.
+    pub measurement: [u8; 48],
+    pub host_data: [u8; 32],
+    pub id_key_digest: [u8; 48],
+    pub author_key_digest: [u8; 48],
+    /// boot loader, TEE, reserved ×4, SNP, microcode SVNs (Milan/Genoa layout).
+    pub reported_tcb: [u8; 8],
+    pub chip_id: [u8; 64],
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnpError {
+    #[error("the report is {0} bytes, not 1184")]
+    Length(usize),
+    #[error("report version {0} (expected 2 or later)")]
+    Version(u32),
+    #[error("signature algorithm {0} (expected 1: ECDSA P-384 with SHA-384)")]
+    Algorithm(u32),
+    #[error("{what}: {why}")]
+    Certificate { what: &'static str, why: String },
+    #[error("the VCEK is for chip {vcek}…, the report for chip {report}…")]
+    Chip { vcek: String, report: String },
+    #[error("the VCEK certifies TCB {vcek}, the report claims {report}")]
+    Tcb { vcek: String, report: String },
+    #[error("the report's signature does not verify with the VCEK")]
+    Signature,
+    #[error("debugging is allowed by the guest policy (bit 19): its memory is open to the host")]
+    Debug,
+}
+
+fn arr<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&b[at..at + N]);
+    a
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(arr(b, at))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(arr(b, at))
+}
+
+impl Report {
+    /// Parses a report. Untrusted input: the length is checked first, then fixed offsets.
+    pub fn parse(b: &[u8]) -> Result<Report, SnpError> {
+        if b.len() != REPORT_LEN {
+            return Err(SnpError::Length(b.len()));
+        }
+        let version = u32_at(b, 0);
+        if version < 2 {
+            return Err(SnpError::Version(version));
+        }
+        let signature_algo = u32_at(b, 0x34);
+        if signature_algo != 1 {
+            return Err(SnpError::Algorithm(signature_algo));
+        }
+        Ok(Report {
+            version,
+            guest_svn: u32_at(b, 4),
+            policy: u64_at(b, 8),
+            vmpl: u32_at(b, 0x30),
+            signature_algo,
+            platform_info: u64_at(b, 0x40),
+            report_data: arr(b, 0x50),
+            measurement: arr(b, 0x90),
+            host_data: arr(b, 0xc0),
+            id_key_digest: arr(b, 0xe0),
+            author_key_digest: arr(b, 0x110),
+            reported_tcb: arr(b, 0x180),
+            chip_id: arr(b, 0x1a0),
+        })
+    }
+}
+
+fn cert_err(what: &'static str) -> impl Fn(String) -> SnpError {
+    move |why| SnpError::Certificate { what, why }
+}
+
+fn parse_pem(pem: &str) -> Result<Certificate, String> {
+    use base64ct::Encoding;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64ct::Base64::decode_vec(body.trim()).map_err(|e| e.to_string())?;
+    Certificate::from_der(&der).map_err(|e| e.to_string())
+}
+
+/// Checks that `cert` is signed by `issuer` with RSA-PSS/SHA-384 and is valid at `now`.
+fn check_signed(cert: &Certificate, issuer: &Certificate, now: u64) -> Result<(), String> {
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::signature::Verifier;
+    let alg = cert.signature_algorithm().oid.to_string();
+    if alg != "1.2.840.113549.1.1.10" {
+        return Err(format!("signature algorithm {alg}, not RSASSA-PSS"));
+    }
+    let spki = issuer
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| e.to_string())?;
+    let key = rsa::PublicKey::from_public_key_der(&spki).map_err(|e| e.to_string())?;
+    let key = rsa::pss::VerifyingKey::<Sha384>::new(key);
+    let tbs = cert.tbs_certificate().to_der().map_err(|e| e.to_string())?;
+    let sig =
+        rsa::pss::Signature::try_from(cert.signature().raw_bytes()).map_err(|e| e.to_string())?;
+    key.verify(&tbs, &sig)
+        .map_err(|_| "the signature does not verify".to_owned())?;
+    let v = cert.tbs_certificate().validity();
+    let (from, until) = (
+        v.not_before.to_unix_duration().as_secs(),
+        v.not_after.to_unix_duration().as_secs(),
+    );
+    if now < from || now > until {
+        return Err(format!("not valid at {now} (valid {from}..{until})"));
+    }
+    Ok(())
+}
+
+/// An extension's value by OID (the DER inside the OCTET STRING).
+fn extension<'a>(cert: &'a Certificate, oid: &str) -> Option<&'a [u8]> {
+    cert.tbs_certificate()
+        .extensions()?
+        .iter()
+        .find(|e| e.extn_id.to_string() == oid)
+        .map(|e| e.extn_value.as_bytes())
+}
+
+/// A small DER INTEGER (the VCEK's SPL extensions) or OCTET STRING (hwID) value.
+fn der_value(b: &[u8]) -> Option<&[u8]> {
+    let (&tag, rest) = b.split_first()?;
+    let (&len, rest) = rest.split_first()?;
+    if !(tag == 0x02 || tag == 0x04) || len >= 0x80 || rest.len() != len as usize {
+        return None;
+    }
+    Some(rest)
+}
+
+/// Verifies `report` (1184 bytes) with the VCEK (DER) through AMD's built-in chain at `now`
+/// (seconds since the epoch). Returns the report's fields; the caller compares
+/// `report_data` and `measurement` with what it expects.
+pub fn verify(report: &[u8], vcek_der: &[u8], now: u64) -> Result<Report, SnpError> {
+    let parsed = Report::parse(report)?;
+    let vcek = Certificate::from_der(vcek_der).map_err(|e| SnpError::Certificate {
+        what: "VCEK",
+        why: e.to_string(),
+    })?;
+    let issuer = vcek.tbs_certificate().issuer().to_string();
+    let (ark, ask) = if issuer.contains("CN=SEV-Milan") {
+        (ARK_MILAN, ASK_MILAN)
+    } else if issuer.contains("CN=SEV-Genoa") {
+        (ARK_GENOA, ASK_GENOA)
+    } else {
+        return Err(SnpError::Certificate {
+            what: "VCEK",
+            why: format!("issuer {issuer} is not AMD's Milan or Genoa ASK"),
+        });
+    };
+    let ark = parse_pem(ark).map_err(cert_err("ARK"))?;
+    let ask = parse_pem(ask).map_err(cert_err("ASK"))?;
+    check_signed(&ark, &ark, now).map_err(cert_err("ARK"))?;
+    check_signed(&ask, &ark, now).map_err(cert_err("ASK"))?;
+    check_signed(&vcek, &ask, now).map_err(cert_err("VCEK"))?;
+
+    // The VCEK is this chip's, at this TCB.
+    // hwID is the raw 64-byte chip id (AMD does not wrap it in DER, unlike the SPLs).
+    let hw = extension(&vcek, "1.3.6.1.4.1.3704.1.4")
+        .map(|v| der_value(v).filter(|x| x.len() == 64).unwrap_or(v));
+    if let Some(hw) = hw
+        && hw != parsed.chip_id
+    {
+        return Err(SnpError::Chip {
+            vcek: hex::encode(&hw[..hw.len().min(8)]),
+            report: hex::encode(&parsed.chip_id[..8]),
+        });
+    }
+    let spl = |oid: &str| {
+        extension(&vcek, oid)
+            .and_then(der_value)
+            .and_then(|v| v.last().copied())
+    };
+    let tcb = &parsed.reported_tcb;
+    for (oid, at, name) in [
+        ("1.3.6.1.4.1.3704.1.3.1", 0, "boot loader"),
+        ("1.3.6.1.4.1.3704.1.3.2", 1, "TEE"),
+        ("1.3.6.1.4.1.3704.1.3.3", 6, "SNP"),
+        ("1.3.6.1.4.1.3704.1.3.8", 7, "microcode"),
+    ] {
+        if let Some(v) = spl(oid)
+            && v != tcb[at]
+        {
+            return Err(SnpError::Tcb {
+                vcek: format!("{name} SVN {v}"),
+                report: format!("{name} SVN {}", tcb[at]),
+            });
+        }
+    }
+
+    // The report's signature: r and s, 72 bytes little-endian each (P-384 uses 48).
+    let spki = vcek.tbs_certificate().subject_public_key_info();
+    let point = spki.subject_public_key.raw_bytes();
+    let key =
+        p384::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|e| SnpError::Certificate {
+            what: "VCEK",
+            why: format!("not a P-384 key: {e}"),
+        })?;
+    let mut r = report[SIGNED_LEN..SIGNED_LEN + 48].to_vec();
+    let mut s = report[SIGNED_LEN + 72..SIGNED_LEN + 72 + 48].to_vec();
+    r.reverse();
+    s.reverse();
+    let mut rs = r;
+    rs.extend_from_slice(&s);
+    let sig = p384::ecdsa::Signature::from_slice(&rs).map_err(|_| SnpError::Signature)?;
+    key.verify_prehash(&Sha384::digest(&report[..SIGNED_LEN]), &sig)
+        .map_err(|_| SnpError::Signature)?;
+    if parsed.policy & (1 << 19) != 0 {
+        return Err(SnpError::Debug);
+    }
+    Ok(parsed)
+}
+
+/// Fuzz entry point: parse anything, never panic.
+pub fn fuzz_parse(data: &[u8]) {
+    let _ = Report::parse(data);
+}
