@@ -37,7 +37,7 @@ pub struct DemoArgs {
     /// Leave welesd, the vTPM and the VM running at the end, and print how to explore and stop.
     #[arg(long)]
     keep: bool,
-    /// How long the VM may take to boot and comply (TCG, no KVM: about 20 s on 2 cores).
+    /// How long the VM may take to boot and comply (TCG, no KVM: about 8 s on 2 cores).
     #[arg(long, default_value_t = 180)]
     boot_timeout: u64,
     /// Print one JSON object per step (title, seconds, ok) instead of the narration.

@@ -59,8 +59,8 @@ enum Command {
     /// policy, stock ssh — then a tampered binary, the violation, and the refused login.
     ///
     /// Needs root, the binaries of this build (welesd beside weles) and a guest image from
-    /// `bash scripts/guest-image.sh` (`bash scripts/quickstart.sh` does all of it). Takes about a
-    /// minute without KVM. Everything it starts is stopped at the end, also on Ctrl-C, unless
+    /// `bash scripts/guest-image.sh` (`bash scripts/quickstart.sh` does all of it). Takes about
+    /// 15 s without KVM. Everything it starts is stopped at the end, also on Ctrl-C, unless
     /// --keep.
     Demo(demo::DemoArgs),
 }
