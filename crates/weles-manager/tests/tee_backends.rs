@@ -47,19 +47,28 @@ impl FakeTsm {
             while !s.load(Ordering::SeqCst) {
                 for e in std::fs::read_dir(&root).unwrap().flatten() {
                     let d = e.path();
-                    if !d.join("generation").exists() {
-                        let _ = std::fs::write(d.join("generation"), "0\n");
-                        generations.insert(d.clone(), 0);
-                    }
-                    let g = generations.entry(d.clone()).or_insert(0);
-                    if let Ok(inblob) = std::fs::read(d.join("inblob")) {
+                    // Report directories are never reused (one per report): a directory seen
+                    // before is one we set up already — or one being removed, not to be touched.
+                    // configfs attributes change at once: write aside, then rename.
+                    let put = |name: &str, bytes: &[u8]| {
+                        let tmp = d.join(format!(".{name}.tmp"));
+                        let _ = std::fs::write(&tmp, bytes)
+                            .and_then(|()| std::fs::rename(&tmp, d.join(name)));
+                    };
+                    let g = generations.entry(d.clone()).or_insert_with(|| {
+                        put("generation", b"0\n");
+                        0
+                    });
+                    // The kernel takes a write whole; a plain file may be read half-written.
+                    if let Ok(inblob) = std::fs::read(d.join("inblob"))
+                        && inblob.len() == 64
+                    {
                         let _ = std::fs::remove_file(d.join("inblob"));
                         seen.lock().unwrap().push(inblob);
                         *g += 1 + extra_writes;
-                        std::fs::write(d.join("provider"), "sev_guest\n").unwrap();
-                        std::fs::write(d.join("generation"), format!("{g}\n")).unwrap();
-                        std::fs::write(d.join("outblob.tmp"), &outblob).unwrap();
-                        std::fs::rename(d.join("outblob.tmp"), d.join("outblob")).unwrap();
+                        put("provider", b"sev_guest\n");
+                        put("generation", format!("{g}\n").as_bytes());
+                        put("outblob", &outblob);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(2));
@@ -104,7 +113,7 @@ fn tsm_writes_our_report_data_and_returns_the_tees_report() {
     // no report is taken for ours.
     let racy = FakeTsm::start(&root, snp_report(), 1);
     let e = tee.report(&rd).unwrap_err().to_string();
-    assert!(e.contains("raced"), "{e}");
+    assert!(e.contains("raced us"), "{e}");
     drop(racy);
     let _ = std::fs::remove_dir_all(&root);
 }
