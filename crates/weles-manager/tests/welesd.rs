@@ -229,6 +229,8 @@ fn a_restarted_manager_adopts_the_running_vtpm_and_refuses_a_rolled_back_store()
     // The VM's vTPM kept serving; the new manager adopts it instead of starting another.
     assert!(vtpm_answers(&vm.vtpm_socket));
     let d = start(&dir);
+    // Supervision runs on its own thread: the adoption shows a moment after the start.
+    wait_until("vTPM adopted", || d.vm("db").vtpm_pid.is_some());
     let again = d.vm("db");
     assert_eq!((again.vtpm_pid, again.vtpm_restarts), (pid, 0));
     d.kill();
