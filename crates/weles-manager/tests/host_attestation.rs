@@ -137,9 +137,17 @@ fn measure_host_range(
 }
 
 struct Manager {
-    _welesd: Kill,
+    welesd: Option<Kill>,
     url: String,
     dir: PathBuf,
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        // welesd first, so that its supervisor does not start the vTPMs again.
+        drop(self.welesd.take());
+        support::stop_vtpms(&self.dir.join("run"));
+    }
 }
 
 fn start_welesd(dir: &Path, tpm: &HostTpm, log: &Path) -> Manager {
@@ -192,7 +200,7 @@ fn start_welesd_with(dir: &Path, tpm: &HostTpm, log: &Path, host_extra: &str) ->
         Ok(OperatorReply::Tenant(_))
     ));
     Manager {
-        _welesd: Kill(child),
+        welesd: Some(Kill(child)),
         url: format!("https://{api}"),
         dir: dir.to_path_buf(),
     }

@@ -18,6 +18,13 @@ struct Env {
     dir: PathBuf,
 }
 
+impl Drop for Env {
+    /// Tests drop their welesd first (declared after the Env), so no supervisor restarts these.
+    fn drop(&mut self) {
+        support::stop_vtpms(&self.dir.join("run"));
+    }
+}
+
 impl Env {
     fn weles(&self, home: &str, args: &[&str]) -> Output {
         Command::new(bin("weles"))

@@ -37,6 +37,28 @@ pub fn child_stderr() -> std::process::Stdio {
     }
 }
 
+/// Ends the vTPMs a welesd started under `run_dir`: they outlive welesd by design, and a test
+/// must not leave them behind. Found by their command lines (the test may have removed their
+/// pid files with its directory already).
+pub fn stop_vtpms(run_dir: &Path) {
+    let needle = run_dir.to_string_lossy().into_owned();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        let program = cmd.split('\0').next().unwrap_or("");
+        if program.ends_with("/weles-vtpm") && cmd.contains(&needle) {
+            let _ = std::process::Command::new("kill")
+                .arg(p.file_name())
+                .status();
+        }
+    }
+}
+
 pub struct Kill(pub Child);
 
 impl Drop for Kill {
