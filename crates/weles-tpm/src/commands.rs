@@ -491,4 +491,40 @@ mod tests {
             let _ = parse_create(&ok_handle[..n]);
         }
     }
+
+    #[test]
+    fn host_tpm_responses_are_bounds_checked() {
+        // A Quote response: parameterSize, TPM2B_ATTEST, then the signature.
+        let mut q = vec![0x80, 0x02, 0, 0, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(&9u32.to_be_bytes());
+        q.extend_from_slice(&[0, 3, 1, 2, 3, 0xaa, 0xbb, 0xcc, 0xdd]);
+        let n = q.len() as u32;
+        q[2..6].copy_from_slice(&n.to_be_bytes());
+        assert_eq!(
+            parse_quote(&q),
+            Ok((vec![1, 2, 3], vec![0xaa, 0xbb, 0xcc, 0xdd]))
+        );
+        // A parameterSize that claims more than the response holds is an error, not a read.
+        let mut lie = q.clone();
+        lie[13] = 200;
+        assert!(matches!(
+            parse_quote(&lie),
+            Err(ResponseError::Malformed(_))
+        ));
+        // A PCR_Read claiming 70 digests, and every truncation of both.
+        let mut p = vec![0x80, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+        p.extend_from_slice(&70u32.to_be_bytes());
+        let n = p.len() as u32;
+        p[2..6].copy_from_slice(&n.to_be_bytes());
+        assert!(matches!(
+            parse_pcr_read(&p),
+            Err(ResponseError::Malformed(_))
+        ));
+        for n in 0..q.len() {
+            assert!(parse_quote(&q[..n]).is_err());
+            let _ = parse_nv_read(&q[..n]);
+            let _ = parse_nv_read_public(&q[..n]);
+            let _ = parse_pcr_read(&p[..n.min(p.len())]);
+        }
+    }
 }

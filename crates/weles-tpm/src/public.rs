@@ -247,6 +247,12 @@ pub fn fuzz_parse(data: &[u8]) {
     let _ = crate::commands::parse_start_auth_session(data);
     let _ = crate::commands::parse_sign(data);
     let _ = crate::commands::response_code(data);
+    // So does welesd with the host TPM's.
+    let _ = crate::commands::parse_nv_read_public(data);
+    let _ = crate::commands::parse_nv_read(data);
+    let _ = crate::commands::parse_quote(data);
+    let _ = crate::commands::parse_pcr_read(data);
+    let _ = crate::commands::parse_activate_credential(data);
 }
 
 #[cfg(test)]
