@@ -644,11 +644,17 @@ impl Demo {
         self.dir.join(rel).display().to_string()
     }
 
-    fn weles(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Command::new(self.bin_dir.join("weles"))
-            .args(args)
+    /// `weles ARGS` as the demo's tenant and operator (WELES_HOME in the demo directory).
+    fn weles_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.bin_dir.join("weles"));
+        c.args(args)
             .env("WELES_HOME", self.dir.join("home"))
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn weles(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.weles_command(args)
             .output()
             .context("cannot run weles")
     }
@@ -656,10 +662,9 @@ impl Demo {
     /// Runs a `weles` command the way a user would, printing it; fails with its error output.
     fn weles_ok(&self, args: &[&str]) -> anyhow::Result<String> {
         self.check_interrupted()?;
-        let mut c = Command::new(self.bin_dir.join("weles"));
-        c.args(args);
+        let mut c = self.weles_command(args);
         self.cmd_line(&c);
-        let o = self.weles(args)?;
+        let o = c.output().context("cannot run weles")?;
         if !o.status.success() {
             bail!(
                 "`weles {}` failed: {}",

@@ -266,7 +266,9 @@ fn host_trust(cas: &[PathBuf], policy: &std::path::Path) -> anyhow::Result<host_
             .ok()
             .filter(|t| t.contains("-----BEGIN"))
         {
-            Some(t) => pem_certificate(t).with_context(|| ca.display().to_string())?,
+            Some(t) => {
+                weles_policy::ima_keys::pem_body(t).with_context(|| ca.display().to_string())?
+            }
             None => bytes,
         };
         ek_cas.push(der);
@@ -280,20 +282,6 @@ fn host_trust(cas: &[PathBuf], policy: &std::path::Path) -> anyhow::Result<host_
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs(),
     })
-}
-
-fn pem_certificate(text: &str) -> anyhow::Result<Vec<u8>> {
-    use base64ct::Encoding;
-    let body: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    if body.is_empty() {
-        bail!("no BEGIN CERTIFICATE block");
-    }
-    base64ct::Base64::decode_vec(body.trim()).map_err(|_| anyhow::anyhow!("bad base64 in PEM"))
 }
 
 pub fn vm(cmd: VmCommand) -> anyhow::Result<Outcome> {

@@ -169,7 +169,8 @@ impl TrustedKey {
     }
 }
 
-fn pem_body(text: &str) -> Result<Vec<u8>, KeyError> {
+/// The DER inside the first PEM block (`CERTIFICATE` or `PUBLIC KEY`).
+pub fn pem_body(text: &str) -> Result<Vec<u8>, KeyError> {
     let mut lines = text.lines().map(str::trim);
     let begin = lines
         .find(|l| l.starts_with("-----BEGIN "))

@@ -141,14 +141,17 @@ impl RsaEkPublic {
     }
 }
 
+fn hmac_sha256(key: &[u8]) -> hmac::Hmac<Sha256> {
+    <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length")
+}
+
 /// KDFa (Part 1, §11.4.10.2) with SHA-256: `bits` of key material for `label`.
 pub fn kdfa(key: &[u8], label: &str, context_u: &[u8], context_v: &[u8], bits: u32) -> Vec<u8> {
     let bytes = bits.div_ceil(8) as usize;
     let mut out = Vec::with_capacity(bytes + 32);
     let mut counter = 1u32;
     while out.len() < bytes {
-        let mut h = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key)
-            .expect("HMAC takes keys of any length");
+        let mut h = hmac_sha256(key);
         h.update(&counter.to_be_bytes());
         h.update(label.as_bytes());
         h.update(&[0]);
@@ -212,8 +215,7 @@ pub fn make_credential(
     plain.extend_from_slice(secret);
     let enc_identity = aes128_cfb_encrypt(&sym_key, &plain);
     let hmac_key = zeroize::Zeroizing::new(kdfa(&seed[..], "INTEGRITY", &[], &[], 256));
-    let mut h = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&hmac_key)
-        .expect("HMAC takes keys of any length");
+    let mut h = hmac_sha256(&hmac_key);
     h.update(&enc_identity);
     h.update(object_name);
     let outer = h.finalize().into_bytes();
