@@ -15,12 +15,15 @@ pub enum ManagerCommand {
     /// Verify a manager's evidence for a fresh nonce and pin its keys for later commands.
     ///
     /// Checks that the evidence answers our nonce, binds the manager key M and the TLS key this
-    /// connection saw, and is signed by M. Evidence from the `sim` TEE backend proves nothing
-    /// about the platform (no hardware) and is refused unless --allow-simulated.
+    /// connection saw, and is signed by M; then the TEE's own evidence against its vendor's
+    /// chain and your reference values (SEV-SNP: --snp-*; SGX and TDX: --dcap-collateral with
+    /// --sgx-* or --tdx-*), and with --host-ca the host's TPM. Evidence from the `sim` TEE
+    /// backend proves nothing about the platform (no hardware) and is refused unless
+    /// --allow-simulated.
     ///
     /// Example:
     ///   weles manager trust https://host:8443 --tenant acme --key ~/.ssh/id_ed25519
-    Trust(TrustArgs),
+    Trust(Box<TrustArgs>),
     /// Show the trusted manager.
     Show {
         #[arg(long)]
@@ -56,6 +59,27 @@ pub struct TrustArgs {
     /// An SEV-SNP launch measurement (96 hex digits) of a manager image you accept; repeatable.
     #[arg(long, value_name = "HEX")]
     snp_measurement: Vec<String>,
+    /// A manager in an SGX enclave (`sgx`) or a TDX VM (`tsm`): Intel's collateral for its
+    /// platform, one JSON file (TCB info, QE identity, their chains, CRLs; docs/tee.md).
+    /// Intel's SGX Root CA is built in.
+    #[arg(long, value_name = "FILE")]
+    dcap_collateral: Option<PathBuf>,
+    /// A TCB status accepted besides UpToDate (e.g. SWHardeningNeeded); repeatable. Revoked
+    /// is never accepted.
+    #[arg(long, value_name = "STATUS")]
+    dcap_accept: Vec<String>,
+    /// An enclave measurement (MRENCLAVE, 64 hex digits) of a manager build you accept; repeatable.
+    #[arg(long, value_name = "HEX")]
+    sgx_mrenclave: Vec<String>,
+    /// An enclave signer (MRSIGNER, 64 hex digits) you accept; repeatable.
+    #[arg(long, value_name = "HEX")]
+    sgx_mrsigner: Vec<String>,
+    /// A trust domain measurement (MRTD, 96 hex digits) you accept; repeatable.
+    #[arg(long, value_name = "HEX")]
+    tdx_mrtd: Vec<String>,
+    /// A runtime measurement register that must hold a value: N=HEX (N 0–3, 96 hex digits).
+    #[arg(long, value_name = "N=HEX")]
+    tdx_rtmr: Vec<String>,
     #[arg(long)]
     json: bool,
 }
@@ -116,7 +140,7 @@ fn connect() -> anyhow::Result<(Trust, Connection, Signer)> {
 
 pub fn manager(cmd: ManagerCommand) -> anyhow::Result<Outcome> {
     match cmd {
-        ManagerCommand::Trust(a) => trust(a),
+        ManagerCommand::Trust(a) => trust(*a),
         ManagerCommand::Show { json } => {
             let t = manager_client::load_trust()?;
             if json {
@@ -168,17 +192,30 @@ fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
     if let Some(p) = &a.snp_vcek {
         tee.snp_vcek = Some(std::fs::read(p).with_context(|| p.display().to_string())?);
     }
-    for m in &a.snp_measurement {
-        let bytes = hex::decode(m)
-            .ok()
-            .and_then(|b| <[u8; 48]>::try_from(b).ok())
-            .with_context(|| format!("--snp-measurement {m}: 96 hex digits"))?;
-        tee.snp_measurements.push(bytes);
+    tee.snp_measurements = hex_values(&a.snp_measurement, "--snp-measurement")?;
+    if let Some(p) = &a.dcap_collateral {
+        let text = read_file(p)?;
+        tee.dcap_collateral = Some(
+            manager_client::dcap::Collateral::from_json(&String::from_utf8_lossy(&text))
+                .with_context(|| p.display().to_string())?,
+        );
     }
-    let checks = manager_client::verify_evidence(&ev, &nonce, &seen, &tee);
-    if let Err(e) = checks {
-        bail!("the manager's evidence does not check out: {e}");
+    tee.dcap_accept = a.dcap_accept.clone();
+    tee.sgx_mrenclaves = hex_values(&a.sgx_mrenclave, "--sgx-mrenclave")?;
+    tee.sgx_mrsigners = hex_values(&a.sgx_mrsigner, "--sgx-mrsigner")?;
+    tee.tdx_mrtds = hex_values(&a.tdx_mrtd, "--tdx-mrtd")?;
+    for r in &a.tdx_rtmr {
+        let parsed = r.split_once('=').and_then(|(n, h)| {
+            let n: usize = n.parse().ok().filter(|n| *n < 4)?;
+            Some((n, <[u8; 48]>::try_from(hex::decode(h).ok()?).ok()?))
+        });
+        tee.tdx_rtmrs
+            .push(parsed.with_context(|| format!("--tdx-rtmr {r}: N=HEX, N 0–3, 96 hex digits"))?);
     }
+    let tee_evidence = match manager_client::verify_evidence(&ev, &nonce, &seen, &tee) {
+        Ok(summary) => summary,
+        Err(e) => bail!("the manager's evidence does not check out: {e}"),
+    };
     let host = match (&host_trust, &challenge) {
         (Some(trust), Some((_, secret))) => {
             let Some(h) = &ev.host else {
@@ -227,7 +264,9 @@ fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
     if a.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "trust": t, "evidence": ev }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "trust": t, "tee_evidence": tee_evidence, "evidence": ev })
+            )?
         );
     } else {
         let sim = if ev.tee == "sim" {
@@ -240,6 +279,7 @@ fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
             t.url, ev.manager_version, ev.tee
         );
         println!("  manager key {}", t.manager_key);
+        println!("  TEE evidence: {tee_evidence}");
         match &host {
             Some(h) => println!(
                 "  host attested by its TPM: EK certificate sha256 {}, AK sha256 {} (bound \
@@ -255,6 +295,19 @@ fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
         println!("  pinned in {}", path.display());
     }
     Ok(Outcome::Success)
+}
+
+/// Fixed-size hex values from repeated flags, naming the flag when one is not N bytes.
+fn hex_values<const N: usize>(values: &[String], flag: &str) -> anyhow::Result<Vec<[u8; N]>> {
+    values
+        .iter()
+        .map(|v| {
+            hex::decode(v)
+                .ok()
+                .and_then(|b| <[u8; N]>::try_from(b).ok())
+                .with_context(|| format!("{flag} {v}: {} hex digits", 2 * N))
+        })
+        .collect()
 }
 
 /// The tenant's host trust: the TPM makers' CAs and the host policy.

@@ -4,6 +4,9 @@
 
 pub mod host_verify;
 
+/// Intel DCAP collateral and verification, for the CLI's trust flags.
+pub use weles_tee::dcap;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -399,13 +402,14 @@ pub fn flush_stdout() {
 }
 
 /// The checks every backend shares: our nonce, the report data binding nonce, M and the TLS
-/// key we saw, M's signature; for `sim`, the report restates the report data.
+/// key we saw, M's signature; then the TEE's own evidence (for `sim`, the report restates the
+/// report data). Returns what the TEE evidence showed, in one line.
 pub fn verify_evidence(
     ev: &weles_proto::api::Evidence,
     nonce: &str,
     seen_spki: &str,
     tee: &TeeTrust,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     if ev.nonce != nonce {
         bail!("it answers another nonce (a replayed answer?)");
     }
@@ -439,15 +443,18 @@ pub fn verify_evidence(
             if report["report_data"].as_str() != Some(expected.as_str()) {
                 bail!("the sim report carries other report data");
             }
+            Ok("simulated: nothing but the manager's word".into())
         }
-        "tsm" => verify_tsm_report(&ev.report, &expected, tee)?,
-        "sgx" => bail!(
-            "TEE backend sgx: verifying SGX DCAP quotes is not built yet, so this evidence \
-             cannot be trusted (refused)"
-        ),
+        "tsm" => verify_tsm_report(&ev.report, &expected, tee),
+        "sgx" => {
+            let r: serde_json::Value =
+                serde_json::from_str(&ev.report).context("sgx report is not JSON")?;
+            let quote = base64ct::Base64::decode_vec(r["quote"].as_str().unwrap_or(""))
+                .map_err(|_| anyhow::anyhow!("sgx report: quote is not base64"))?;
+            verify_dcap(&quote, &expected, tee, false)
+        }
         other => bail!("TEE backend {other:?}: unknown; refused"),
     }
-    Ok(())
 }
 
 /// What the tenant trusts about real TEEs: reference values and offline collateral.
@@ -457,24 +464,33 @@ pub struct TeeTrust {
     pub snp_vcek: Option<Vec<u8>>,
     /// SEV-SNP: the launch measurements (48 bytes) of manager images the tenant accepts.
     pub snp_measurements: Vec<[u8; 48]>,
+    /// SGX and TDX: Intel's collateral for the platform (TCB info, QE identity, CRLs).
+    pub dcap_collateral: Option<weles_tee::dcap::Collateral>,
+    /// SGX and TDX: the TCB statuses accepted besides `UpToDate`.
+    pub dcap_accept: Vec<String>,
+    /// SGX: enclave measurements (MRENCLAVE) of manager builds the tenant accepts.
+    pub sgx_mrenclaves: Vec<[u8; 32]>,
+    /// SGX: enclave signers (MRSIGNER) the tenant accepts.
+    pub sgx_mrsigners: Vec<[u8; 32]>,
+    /// TDX: the trust domain measurements (MRTD) the tenant accepts.
+    pub tdx_mrtds: Vec<[u8; 48]>,
+    /// TDX: runtime measurement registers that must hold these values (index 0–3).
+    pub tdx_rtmrs: Vec<(usize, [u8; 48])>,
     /// "Now" for certificate validity, seconds since the epoch.
     pub now: u64,
 }
 
 /// A configfs-tsm report: for SEV-SNP, AMD's chain and the VCEK's signature, a trusted launch
-/// measurement, and our report data in it. TDX quotes are refused (not verifiable yet).
-fn verify_tsm_report(report: &str, expected_hex: &str, tee: &TeeTrust) -> anyhow::Result<()> {
+/// measurement, and our report data in it; for TDX, the DCAP quote (see [`verify_dcap`]).
+fn verify_tsm_report(report: &str, expected_hex: &str, tee: &TeeTrust) -> anyhow::Result<String> {
     let r: serde_json::Value = serde_json::from_str(report).context("tsm report is not JSON")?;
-    match r["provider"].as_str() {
-        Some("sev_guest") => {}
-        Some("tdx_guest") => bail!(
-            "TEE tsm/tdx_guest: verifying TDX quotes is not built yet, so this evidence cannot \
-             be trusted (refused)"
-        ),
-        other => bail!("tsm report from provider {other:?}: refused"),
-    }
     let outblob = base64ct::Base64::decode_vec(r["outblob"].as_str().unwrap_or(""))
         .map_err(|_| anyhow::anyhow!("tsm report: outblob is not base64"))?;
+    match r["provider"].as_str() {
+        Some("sev_guest") => {}
+        Some("tdx_guest") => return verify_dcap(&outblob, expected_hex, tee, true),
+        other => bail!("tsm report from provider {other:?}: refused"),
+    }
     let Some(vcek) = &tee.snp_vcek else {
         bail!(
             "the manager runs in an SEV-SNP VM: give its chip's VCEK (--snp-vcek, from AMD's key \
@@ -495,5 +511,105 @@ fn verify_tsm_report(report: &str, expected_hex: &str, tee: &TeeTrust) -> anyhow
              replayed or relayed report"
         );
     }
-    Ok(())
+    Ok(format!(
+        "SEV-SNP report verified by AMD's chain: launch measurement {}, TCB {}",
+        hex::encode(report.measurement),
+        hex::encode(report.reported_tcb)
+    ))
+}
+
+/// An SGX enclave's or a TDX trust domain's DCAP quote: Intel's chain and the tenant's
+/// collateral, accepted TCB statuses, the measurements the tenant accepts, and our report data.
+fn verify_dcap(
+    quote: &[u8],
+    expected_hex: &str,
+    tee: &TeeTrust,
+    td: bool,
+) -> anyhow::Result<String> {
+    use weles_tee::dcap::{self, Body};
+    let kind = if td { "TDX" } else { "SGX" };
+    let Some(collateral) = &tee.dcap_collateral else {
+        bail!(
+            "the manager runs in {kind}: give Intel's collateral for its platform (--dcap-collateral) \
+             and the measurements you accept ({})",
+            if td {
+                "--tdx-mrtd, --tdx-rtmr"
+            } else {
+                "--sgx-mrenclave or --sgx-mrsigner"
+            }
+        );
+    };
+    let mut policy = dcap::Policy::default();
+    policy
+        .accepted_statuses
+        .extend(tee.dcap_accept.iter().cloned());
+    let v = dcap::verify(quote, collateral, tee.now, &policy)
+        .map_err(|e| anyhow::anyhow!("the {kind} quote: {e}"))?;
+    let measured = match (&v.body, td) {
+        (Body::Enclave(e), false) => {
+            if tee.sgx_mrenclaves.is_empty() && tee.sgx_mrsigners.is_empty() {
+                bail!(
+                    "give the enclave measurements or signers you accept (--sgx-mrenclave, --sgx-mrsigner)"
+                );
+            }
+            if !tee.sgx_mrenclaves.is_empty() && !tee.sgx_mrenclaves.contains(&e.mr_enclave) {
+                bail!(
+                    "the enclave's MRENCLAVE {} is not one you accept (--sgx-mrenclave)",
+                    hex::encode(e.mr_enclave)
+                );
+            }
+            if !tee.sgx_mrsigners.is_empty() && !tee.sgx_mrsigners.contains(&e.mr_signer) {
+                bail!(
+                    "the enclave's MRSIGNER {} is not one you accept (--sgx-mrsigner)",
+                    hex::encode(e.mr_signer)
+                );
+            }
+            format!(
+                "MRENCLAVE {}, MRSIGNER {}, ISV product {} SVN {}",
+                hex::encode(e.mr_enclave),
+                hex::encode(e.mr_signer),
+                e.isv_prod_id,
+                e.isv_svn
+            )
+        }
+        (Body::Td(t), true) => {
+            if tee.tdx_mrtds.is_empty() {
+                bail!("give the trust domain measurements you accept (--tdx-mrtd)");
+            }
+            if !tee.tdx_mrtds.contains(&t.mr_td) {
+                bail!(
+                    "the trust domain's MRTD {} is not one you accept (--tdx-mrtd)",
+                    hex::encode(t.mr_td)
+                );
+            }
+            for (i, want) in &tee.tdx_rtmrs {
+                let have = t.rtmr.get(*i).context("RTMR index above 3")?;
+                if have != want {
+                    bail!(
+                        "the trust domain's RTMR{i} is {}, not the {} you gave (--tdx-rtmr)",
+                        hex::encode(have),
+                        hex::encode(want)
+                    );
+                }
+            }
+            format!("MRTD {}", hex::encode(t.mr_td))
+        }
+        _ => bail!("the {kind} evidence carries a quote of another TEE type: refused"),
+    };
+    if hex::encode(v.report_data) != expected_hex {
+        bail!(
+            "the {kind} quote does not carry our report data (nonce, manager key, TLS key): a \
+             replayed or relayed quote"
+        );
+    }
+    let statuses: Vec<String> = v
+        .judged
+        .iter()
+        .map(|j| format!("{} {}", j.component, j.status))
+        .collect();
+    Ok(format!(
+        "{kind} quote verified by Intel's chain (FMSPC {}; {}): {measured}",
+        v.fmspc,
+        statuses.join(", ")
+    ))
 }

@@ -1,7 +1,8 @@
 //! The `tsm` and `sgx` TEE backends against directory trees that behave like the kernel's
 //! configfs-tsm and Gramine's `/dev/attestation`, serving recorded real evidence (AMD's sample
-//! SEV-SNP report, Intel's sample DCAP quote); and a real welesd on the `tsm` backend whose
-//! evidence the real `weles manager trust` verifies as far as recorded evidence can go.
+//! SEV-SNP report, Intel's sample SGX and TDX DCAP quotes); and a real welesd on the `tsm`
+//! (SEV-SNP, TDX) and `sgx` backends whose evidence the real `weles manager trust` and its
+//! library verify as far as recorded evidence can go.
 
 mod support;
 
@@ -38,7 +39,7 @@ struct FakeTsm {
 }
 
 impl FakeTsm {
-    fn start(root: &Path, outblob: Vec<u8>, extra_writes: u64) -> FakeTsm {
+    fn start(root: &Path, provider: &'static str, outblob: Vec<u8>, extra_writes: u64) -> FakeTsm {
         let stop = Arc::new(AtomicBool::new(false));
         let inblobs = Arc::new(Mutex::new(Vec::new()));
         let (s, seen, root) = (stop.clone(), inblobs.clone(), root.to_path_buf());
@@ -66,7 +67,7 @@ impl FakeTsm {
                         let _ = std::fs::remove_file(d.join("inblob"));
                         seen.lock().unwrap().push(inblob);
                         *g += 1 + extra_writes;
-                        put("provider", b"sev_guest\n");
+                        put("provider", format!("{provider}\n").as_bytes());
                         put("generation", format!("{g}\n").as_bytes());
                         put("outblob", &outblob);
                     }
@@ -94,7 +95,7 @@ impl Drop for FakeTsm {
 #[test]
 fn tsm_writes_our_report_data_and_returns_the_tees_report() {
     let root = temp("tsm");
-    let fake = FakeTsm::start(&root, snp_report(), 0);
+    let fake = FakeTsm::start(&root, "sev_guest", snp_report(), 0);
     let tee = TsmTee { root: root.clone() };
     let rd = [0x5a; 64];
     let report: serde_json::Value = serde_json::from_str(&tee.report(&rd).unwrap()).unwrap();
@@ -111,7 +112,7 @@ fn tsm_writes_our_report_data_and_returns_the_tees_report() {
 
     // Another writer between our write and our read (generation moved by more than one):
     // no report is taken for ours.
-    let racy = FakeTsm::start(&root, snp_report(), 1);
+    let racy = FakeTsm::start(&root, "sev_guest", snp_report(), 1);
     let e = tee.report(&rd).unwrap_err().to_string();
     assert!(e.contains("raced us"), "{e}");
     drop(racy);
@@ -152,76 +153,241 @@ fn sgx_writes_our_report_data_returns_the_quote_and_seals_with_the_enclave_key()
     let _ = std::fs::remove_dir_all(&dev);
 }
 
-#[test]
-fn a_tenant_checks_a_tsm_managers_snp_report_itself() {
-    let dir = temp("welesd");
-    let root = dir.join("tsm");
-    std::fs::create_dir_all(&root).unwrap();
-    let _fake = FakeTsm::start(&root, snp_report(), 0);
-    std::fs::write(
-        dir.join("welesd.toml"),
-        format!(
-            "state_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\ntenant_api = \"127.0.0.1:0\"\n\
-             tee = \"tsm\"\ntee_device = \"{r}\"\n",
-            d = dir.display(),
-            r = root.display()
-        ),
-    )
-    .unwrap();
-    let _welesd = Kill(
-        Command::new(bin("welesd"))
-            .arg("--config")
-            .arg(dir.join("welesd.toml"))
-            .stderr(support::child_stderr())
-            .spawn()
-            .unwrap(),
-    );
-    let socket = dir.join("run/operator.sock");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let api = loop {
-        if let Ok(OperatorReply::Health(h)) = call(&socket, &OperatorRequest::Health)
-            && let Some(a) = h.tenant_api
-        {
-            assert_eq!(h.tee, "tsm");
-            break a;
-        }
-        assert!(Instant::now() < deadline, "welesd did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(dir.join("acme"))
-        .status()
+/// A real welesd on a real TEE backend whose device is a fake tree in `dir`.
+struct TeeManager {
+    dir: PathBuf,
+    api: String,
+    _welesd: Kill,
+}
+
+impl TeeManager {
+    fn start(dir: &Path, tee: &str, device: &Path) -> TeeManager {
+        std::fs::write(
+            dir.join("welesd.toml"),
+            format!(
+                "state_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\ntenant_api = \"127.0.0.1:0\"\n\
+                 tee = \"{tee}\"\ntee_device = \"{r}\"\n",
+                d = dir.display(),
+                r = device.display()
+            ),
+        )
         .unwrap();
-    let vcek = format!("{ROOT}/testdata/tee/snp-vcek-milan.der");
-    let measurement = "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f";
-    let trust = |extra: &[&str]| {
+        let welesd = Kill(
+            Command::new(bin("welesd"))
+                .arg("--config")
+                .arg(dir.join("welesd.toml"))
+                .stderr(support::child_stderr())
+                .spawn()
+                .unwrap(),
+        );
+        let socket = dir.join("run/operator.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let api = loop {
+            if let Ok(OperatorReply::Health(h)) = call(&socket, &OperatorRequest::Health)
+                && let Some(a) = h.tenant_api
+            {
+                assert_eq!(h.tee, tee);
+                break a;
+            }
+            assert!(Instant::now() < deadline, "welesd did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(dir.join("acme"))
+            .status()
+            .unwrap();
+        TeeManager {
+            dir: dir.to_path_buf(),
+            api,
+            _welesd: welesd,
+        }
+    }
+
+    /// `weles manager trust` with `extra` flags, which must refuse: its stderr.
+    fn refused_trust(&self, extra: &[&str]) -> String {
         let o = Command::new(bin("weles"))
             .args([
                 "manager",
                 "trust",
-                &format!("https://{api}"),
+                &format!("https://{}", self.api),
                 "--tenant",
                 "acme",
             ])
             .args(["--key", "acme"])
             .args(extra)
-            .env("WELES_HOME", dir.join("home"))
-            .current_dir(&dir)
+            .env("WELES_HOME", self.dir.join("home"))
+            .current_dir(&self.dir)
             .output()
             .unwrap();
         assert!(!o.status.success());
         String::from_utf8_lossy(&o.stderr).into_owned()
-    };
+    }
+
+    /// The manager's evidence for `nonce`, and the TLS key this connection saw.
+    fn evidence(&self, nonce: &str) -> (weles_proto::api::Evidence, String) {
+        let mut conn =
+            weles_client::Connection::open(&format!("https://{}", self.api), None).unwrap();
+        let body = serde_json::to_vec(&weles_proto::api::EvidenceRequest {
+            nonce: nonce.into(),
+            credential: None,
+        })
+        .unwrap();
+        let r = conn.request("POST", "/v1/evidence", &body, None).unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        (
+            serde_json::from_slice(&r.body).unwrap(),
+            hex::encode(conn.seen_spki),
+        )
+    }
+}
+
+#[test]
+fn a_tenant_checks_a_tsm_managers_snp_report_itself() {
+    let dir = temp("welesd");
+    let root = dir.join("tsm");
+    std::fs::create_dir_all(&root).unwrap();
+    let _fake = FakeTsm::start(&root, "sev_guest", snp_report(), 0);
+    let m = TeeManager::start(&dir, "tsm", &root);
+    let vcek = format!("{ROOT}/testdata/tee/snp-vcek-milan.der");
+    let measurement = "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f";
     // Without collateral: told what to give.
-    assert!(trust(&[]).contains("--snp-vcek"));
+    assert!(m.refused_trust(&[]).contains("--snp-vcek"));
     // A measurement the tenant does not accept.
-    let e = trust(&["--snp-vcek", &vcek, "--snp-measurement", &"00".repeat(48)]);
+    let e = m.refused_trust(&["--snp-vcek", &vcek, "--snp-measurement", &"00".repeat(48)]);
     assert!(e.contains("launch measurement 7a1e5c26"), "{e}");
     // The real report passes AMD's chain and the measurement, and is still refused: it was
     // recorded for someone else's nonce (a replayed report), which is all recorded evidence
     // can be here.
-    let e = trust(&["--snp-vcek", &vcek, "--snp-measurement", measurement]);
+    let e = m.refused_trust(&["--snp-vcek", &vcek, "--snp-measurement", measurement]);
     assert!(e.contains("does not carry our report data"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_tenant_checks_an_sgx_managers_dcap_quote_itself() {
+    let dir = temp("welesd-sgx");
+    let dev = dir.join("attestation");
+    std::fs::create_dir_all(dev.join("keys")).unwrap();
+    std::fs::write(dev.join("attestation_type"), "dcap").unwrap();
+    std::fs::write(
+        dev.join("quote"),
+        std::fs::read(format!("{ROOT}/testdata/tee/sgx-quote-dcap.bin")).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dev.join("keys/_sgx_mrenclave"), [7u8; 16]).unwrap();
+    let m = TeeManager::start(&dir, "sgx", &dev);
+    let collateral = format!("{ROOT}/testdata/tee/sgx-collateral.json");
+    let quote = std::fs::read(dev.join("quote")).unwrap();
+    let mrenclave = hex::encode(&quote[48 + 64..48 + 96]);
+
+    // Without collateral: told what to give.
+    let e = m.refused_trust(&[]);
+    assert!(e.contains("--dcap-collateral"), "{e}");
+    // Intel's collateral for this platform is from June 2025 and its root CA CRL expired in
+    // April 2026: refused today, naming it.
+    let e = m.refused_trust(&[
+        "--dcap-collateral",
+        &collateral,
+        "--sgx-mrenclave",
+        &mrenclave,
+    ]);
+    assert!(e.contains("the root CA CRL: expired at"), "{e}");
+    // A malformed reference value is named.
+    let e = m.refused_trust(&["--dcap-collateral", &collateral, "--sgx-mrenclave", "abcd"]);
+    assert!(e.contains("--sgx-mrenclave abcd: 64 hex digits"), "{e}");
+
+    // The library the CLI uses, with a clock inside the collateral's life.
+    let nonce = "22".repeat(32);
+    let (ev, seen) = m.evidence(&nonce);
+    assert_eq!(ev.tee, "sgx");
+    let mut tee = weles_client::TeeTrust {
+        now: 1_750_809_600,
+        dcap_collateral: Some(
+            weles_client::dcap::Collateral::from_json(
+                &std::fs::read_to_string(&collateral).unwrap(),
+            )
+            .unwrap(),
+        ),
+        sgx_mrenclaves: vec![[0u8; 32]],
+        ..Default::default()
+    };
+    // Intel rates this platform ConfigurationAndSWHardeningNeeded: refused unless accepted.
+    let e = weles_client::verify_evidence(&ev, &nonce, &seen, &tee)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ConfigurationAndSWHardeningNeeded"), "{e}");
+    tee.dcap_accept = vec!["ConfigurationAndSWHardeningNeeded".into()];
+    let e = weles_client::verify_evidence(&ev, &nonce, &seen, &tee)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("MRENCLAVE {mrenclave} is not one you accept")),
+        "{e}"
+    );
+    // Intel's chain, the collateral and the measurement pass; the recorded quote still is not
+    // this manager's answer to this nonce.
+    tee.sgx_mrenclaves = vec![quote[48 + 64..48 + 96].try_into().unwrap()];
+    let e = weles_client::verify_evidence(&ev, &nonce, &seen, &tee)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not carry our report data"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_tenant_checks_a_tdx_managers_quote_itself() {
+    let dir = temp("welesd-tdx");
+    let root = dir.join("tsm");
+    std::fs::create_dir_all(&root).unwrap();
+    let quote = std::fs::read(format!("{ROOT}/testdata/tee/tdx-quote-v4.bin")).unwrap();
+    let _fake = FakeTsm::start(&root, "tdx_guest", quote.clone(), 0);
+    let m = TeeManager::start(&dir, "tsm", &root);
+    let collateral = format!("{ROOT}/testdata/tee/tdx-collateral.json");
+    let mrtd = hex::encode(&quote[48 + 136..48 + 184]);
+
+    let e = m.refused_trust(&["--snp-vcek", "/dev/null"]);
+    assert!(
+        e.contains("the manager runs in TDX: give Intel's collateral"),
+        "{e}"
+    );
+    let e = m.refused_trust(&["--dcap-collateral", &collateral, "--tdx-mrtd", &mrtd]);
+    assert!(
+        e.contains("the TDX quote: the root CA CRL: expired at"),
+        "{e}"
+    );
+    let e = m.refused_trust(&["--dcap-collateral", &collateral, "--tdx-rtmr", "4=00"]);
+    assert!(e.contains("--tdx-rtmr 4=00: N=HEX, N 0–3"), "{e}");
+
+    let nonce = "33".repeat(32);
+    let (ev, seen) = m.evidence(&nonce);
+    let mut tee = weles_client::TeeTrust {
+        now: 1_750_809_600,
+        dcap_collateral: Some(
+            weles_client::dcap::Collateral::from_json(
+                &std::fs::read_to_string(&collateral).unwrap(),
+            )
+            .unwrap(),
+        ),
+        ..Default::default()
+    };
+    let e = weles_client::verify_evidence(&ev, &nonce, &seen, &tee)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--tdx-mrtd"), "{e}");
+    tee.tdx_mrtds = vec![quote[48 + 136..48 + 184].try_into().unwrap()];
+    tee.tdx_rtmrs = vec![(2, [0x5a; 48])];
+    let e = weles_client::verify_evidence(&ev, &nonce, &seen, &tee)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("RTMR2 is"), "{e}");
+    tee.tdx_rtmrs = vec![(2, quote[48 + 424..48 + 472].try_into().unwrap())];
+    let e = weles_client::verify_evidence(&ev, &nonce, &seen, &tee)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the TDX quote does not carry our report data"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

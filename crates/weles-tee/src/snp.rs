@@ -7,10 +7,11 @@
 //! ARK and ASK for Milan and Genoa are built in (public certificates from AMD's key server),
 //! chosen by the VCEK's issuer. The VCEK must belong to the chip and TCB the report names.
 
+use crate::x509::{self, check_signed, der_value, extension};
 use p384::ecdsa::signature::hazmat::PrehashVerifier;
 use sha2::{Digest, Sha384};
 use x509_cert::Certificate;
-use x509_cert::der::{Decode, Encode};
+use x509_cert::der::Decode;
 
 /// Size of an attestation report (versions 2, 3 and 5 alike).
 pub const REPORT_LEN: usize = 0x4a0;
@@ -113,60 +114,10 @@ fn cert_err(what: &'static str) -> impl Fn(String) -> SnpError {
 }
 
 fn parse_pem(pem: &str) -> Result<Certificate, String> {
-    use base64ct::Encoding;
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = base64ct::Base64::decode_vec(body.trim()).map_err(|e| e.to_string())?;
-    Certificate::from_der(&der).map_err(|e| e.to_string())
-}
-
-/// Checks that `cert` is signed by `issuer` with RSA-PSS/SHA-384 and is valid at `now`.
-fn check_signed(cert: &Certificate, issuer: &Certificate, now: u64) -> Result<(), String> {
-    use rsa::pkcs8::DecodePublicKey;
-    use rsa::signature::Verifier;
-    let alg = cert.signature_algorithm().oid.to_string();
-    if alg != "1.2.840.113549.1.1.10" {
-        return Err(format!("signature algorithm {alg}, not RSASSA-PSS"));
-    }
-    let spki = issuer
-        .tbs_certificate()
-        .subject_public_key_info()
-        .to_der()
-        .map_err(|e| e.to_string())?;
-    let key = rsa::PublicKey::from_public_key_der(&spki).map_err(|e| e.to_string())?;
-    let key = rsa::pss::VerifyingKey::<Sha384>::new(key);
-    let tbs = cert.tbs_certificate().to_der().map_err(|e| e.to_string())?;
-    let sig =
-        rsa::pss::Signature::try_from(cert.signature().raw_bytes()).map_err(|e| e.to_string())?;
-    key.verify(&tbs, &sig)
-        .map_err(|_| "the signature does not verify".to_owned())?;
-    let v = cert.tbs_certificate().validity();
-    let (from, until) = (
-        v.not_before.to_unix_duration().as_secs(),
-        v.not_after.to_unix_duration().as_secs(),
-    );
-    if now < from || now > until {
-        return Err(format!("not valid at {now} (valid {from}..{until})"));
-    }
-    Ok(())
-}
-
-/// An extension's value by OID (the DER inside the OCTET STRING).
-fn extension<'a>(cert: &'a Certificate, oid: &str) -> Option<&'a [u8]> {
-    cert.tbs_certificate()
-        .extensions()?
-        .iter()
-        .find(|e| e.extn_id.to_string() == oid)
-        .map(|e| e.extn_value.as_bytes())
-}
-
-/// A small DER INTEGER (the VCEK's SPL extensions) or OCTET STRING (hwID) value.
-fn der_value(b: &[u8]) -> Option<&[u8]> {
-    let (&tag, rest) = b.split_first()?;
-    let (&len, rest) = rest.split_first()?;
-    if !(tag == 0x02 || tag == 0x04) || len >= 0x80 || rest.len() != len as usize {
-        return None;
-    }
-    Some(rest)
+    x509::parse_pem_chain(pem.as_bytes())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| "no certificate".to_owned())
 }
 
 /// Verifies `report` (1184 bytes) with the VCEK (DER) through AMD's built-in chain at `now`
