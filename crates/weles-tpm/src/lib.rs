@@ -9,6 +9,7 @@
 //! * [`host_key`] — what a host key must be, checked against a reported public area.
 //! * [`attest`] and [`credential`] — host attestation: quotes by an attestation key (parsed,
 //!   verified) and the credential that proves the AK shares a TPM with a certified EK.
+//! * [`event_log`] — the firmware's measured-boot event log (PCRs 0–9): parsed, replayed.
 //!
 //! Everything here is computation; the TPM itself is the oracle: tests load these structures
 //! into libtpms (weles-vtpm) with tpm2-tools and require the TPM to agree.
@@ -16,6 +17,7 @@
 pub mod attest;
 pub mod commands;
 pub mod credential;
+pub mod event_log;
 pub mod host_key;
 pub mod policy;
 pub mod public;

@@ -16,3 +16,8 @@ fn tpm_attest_corpus() {
 fn tpm_ek_public_corpus() {
     replay_corpus("tpm_ek_public", weles_tpm::credential::fuzz_parse);
 }
+
+#[test]
+fn tpm_event_log_corpus() {
+    replay_corpus("tpm_event_log", weles_tpm::event_log::fuzz_parse);
+}
