@@ -46,6 +46,16 @@ pub enum PolicyCommand {
     /// The manager checks the signature against your registered key and that the version is
     /// newer than the VM's current policy; the new policy judges entries from now on.
     Push(crate::tenant_cmd::PushArgs),
+    /// Measured-boot reference values for a host policy, from a known-good boot's event log.
+    ///
+    /// Replays the firmware's event log (a trusted host's
+    /// /sys/kernel/security/tpm0/binary_bios_measurements) in the sha256 bank and prints the
+    /// `[host]` section of a host policy: each PCR's value (a PCR the log never extends: zero).
+    /// Hosts whose quoted PCRs differ are refused by `weles manager trust --host-policy`.
+    ///
+    /// Example:
+    ///   weles policy host-pcrs --event-log good-boot.bin >> host.toml
+    HostPcrs(HostPcrsArgs),
 }
 
 #[derive(Args)]
@@ -154,6 +164,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<Outcome> {
         PolicyCommand::Sign(a) => sign(a),
         PolicyCommand::Push(a) => crate::tenant_cmd::push(a),
         PolicyCommand::Verify(a) => verify(a),
+        PolicyCommand::HostPcrs(a) => host_pcrs(a),
     }
 }
 
@@ -242,6 +253,88 @@ fn check(a: CheckArgs) -> anyhow::Result<Outcome> {
             println!("  ssh hostnames     {}", p.hostnames.join(", "));
         }
     }
+    Ok(Outcome::Success)
+}
+
+#[derive(Args)]
+pub struct HostPcrsArgs {
+    /// The firmware event log of a boot you trust (TCG crypto-agile format).
+    #[arg(long, value_name = "FILE")]
+    event_log: PathBuf,
+    /// The PCRs to write reference values for: a list and ranges within 0–9.
+    #[arg(long, default_value = "0-7", value_name = "LIST")]
+    pcrs: String,
+    /// Output file (default: standard output).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// One JSON object: the values and the number of events replayed.
+    #[arg(long)]
+    json: bool,
+}
+
+/// "0-7", "0,2,4-5" → sorted PCR indexes within 0–9.
+fn pcr_list(s: &str) -> anyhow::Result<Vec<u32>> {
+    let mut out = std::collections::BTreeSet::new();
+    for part in s.split(',').map(str::trim) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (
+            a.trim()
+                .parse()
+                .with_context(|| format!("--pcrs {s}: {part:?}"))?,
+            b.trim()
+                .parse()
+                .with_context(|| format!("--pcrs {s}: {part:?}"))?,
+        );
+        if a > b || b > 9 {
+            bail!("--pcrs {s}: {part:?} is not within 0–9 (PCR 10 is the IMA log's)");
+        }
+        out.extend(a..=b);
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn host_pcrs(a: HostPcrsArgs) -> anyhow::Result<Outcome> {
+    use weles_tpm::event_log::{ALG_SHA256, EventLog};
+    let pcrs = pcr_list(&a.pcrs)?;
+    let bytes = read_file(&a.event_log)?;
+    let log = EventLog::parse(&bytes).with_context(|| a.event_log.display().to_string())?;
+    let replayed = log
+        .replay(ALG_SHA256)
+        .with_context(|| a.event_log.display().to_string())?;
+    let values: Vec<(u32, String)> = pcrs
+        .iter()
+        .map(|p| {
+            let v = replayed
+                .get(p)
+                .map(hex::encode)
+                .unwrap_or_else(|| "0".repeat(64));
+            (*p, format!("sha256:{v}"))
+        })
+        .collect();
+    let text = if a.json {
+        let map: serde_json::Map<String, serde_json::Value> = values
+            .iter()
+            .map(|(p, v)| (p.to_string(), json!(v)))
+            .collect();
+        format!(
+            "{}\n",
+            serde_json::to_string_pretty(&json!({ "pcrs": map, "events": log.events.len() }))?
+        )
+    } else {
+        let mut t = format!(
+            "# Measured-boot reference values: {} replayed ({} events).\n[host]\npcrs = {{ ",
+            a.event_log.display(),
+            log.events.len()
+        );
+        let entries: Vec<String> = values
+            .iter()
+            .map(|(p, v)| format!("\"{p}\" = [\"{v}\"]"))
+            .collect();
+        t.push_str(&entries.join(", "));
+        t.push_str(" }\n");
+        t
+    };
+    write_output(a.output.as_deref(), &text)?;
     Ok(Outcome::Success)
 }
 

@@ -283,8 +283,16 @@ fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
         match &host {
             Some(h) => println!(
                 "  host attested by its TPM: EK certificate sha256 {}, AK sha256 {} (bound \
-                 into the report data), {} IMA entries comply, reference PCRs {:?}",
-                h.ek_certificate_sha256, h.ak_sha256, h.ima_entries, h.reference_pcrs
+                 into the report data), banks {}, {}, {} IMA entries comply, reference PCRs {:?}",
+                h.ek_certificate_sha256,
+                h.ak_sha256,
+                h.banks.join(", "),
+                match h.boot_events {
+                    Some(n) => format!("{n} boot events replay to PCRs 0–9"),
+                    None => "no firmware event log".to_owned(),
+                },
+                h.ima_entries,
+                h.reference_pcrs
             ),
             None if ev.host.is_some() => {
                 println!("  host: TPM evidence present but not checked (no --host-ca)")

@@ -8,9 +8,13 @@
 //!    TPM that holds the EK (only that TPM can answer, and only with that AK loaded);
 //! 3. the AK is a restricted signing key (it signs only what the TPM itself generated);
 //! 4. the quote verifies with the AK, carries the qualifying data binding the tenant's nonce and
-//!    the manager key, covers sha256 PCRs 0–10, and its PCR digest is over the reported values;
-//! 5. the host's IMA log replays to the quoted PCR 10 and every entry complies with the host
-//!    policy; PCRs 0–9 match the policy's measured-boot reference values, where it lists any;
+//!    the manager key, covers sha256 PCRs 0–10 (and sha1 PCRs 0–10 when the host quotes that
+//!    bank too), and its PCR digest is over the reported values;
+//! 5. the firmware's event log, when sent (or when the policy requires one), replays in every
+//!    quoted bank to the quoted PCRs 0–7 (a PCR it never extends must be zero) and to PCRs 8–9
+//!    where it extends them; the host's IMA log replays to the quoted PCR 10 in every quoted
+//!    bank and every entry complies with the host policy; PCRs 0–9 match the policy's
+//!    measured-boot reference values, where it lists any;
 //! 6. (in the caller) the TEE report data binds this AK: report and quote come from one machine.
 
 use base64ct::Encoding;
@@ -21,6 +25,7 @@ use weles_policy::ima_keys::TrustedKey;
 use weles_proto::api::{HostEvidence, HostKeys, host_qualifying_data};
 use weles_tpm::attest::{Quote, is_attestation_key, pcr_digest, verify_signature};
 use weles_tpm::credential::RsaEkPublic;
+use weles_tpm::event_log::{ALG_SHA1, EventLog, event_type_name};
 use weles_tpm::public::EccPublic;
 use x509_cert::der::{Decode, Encode};
 
@@ -45,6 +50,10 @@ pub struct HostVerdict {
     pub ima_entries: u64,
     /// PCRs 0–9 that matched a reference value.
     pub reference_pcrs: Vec<u32>,
+    /// Events of the firmware event log replayed to the quote (`None`: no log was sent).
+    pub boot_events: Option<usize>,
+    /// The banks quoted and checked.
+    pub banks: Vec<&'static str>,
 }
 
 /// Why a host does not check out; the message says which step.
@@ -131,32 +140,72 @@ pub fn verify(
         );
     }
     let wanted: Vec<u32> = (0..=10).collect();
-    if quote.selection != [(weles_tpm::ids::ALG_SHA256, wanted)] {
-        return refuse("the quote does not cover exactly sha256 PCRs 0–10");
-    }
-    let pcrs: Vec<Vec<u8>> = host
-        .pcrs
+    let sha256_only = [(weles_tpm::ids::ALG_SHA256, wanted.clone())];
+    let with_sha1 = [
+        (weles_tpm::ids::ALG_SHA256, wanted.clone()),
+        (ALG_SHA1, wanted),
+    ];
+    let sha1_quoted = if quote.selection == sha256_only {
+        false
+    } else if quote.selection == with_sha1 {
+        true
+    } else {
+        return refuse(
+            "the quote does not cover exactly sha256 PCRs 0–10 (and optionally sha1 PCRs 0–10)",
+        );
+    };
+    let pcrs = pcr_values(&host.pcrs, 32, "sha256")?;
+    let pcrs_sha1 = match (&host.pcrs_sha1, sha1_quoted) {
+        (Some(v), true) => Some(pcr_values(v, 20, "sha1")?),
+        (None, false) => None,
+        _ => return refuse("the sha1 PCR values do not match the quote's banks"),
+    };
+    let quoted: Vec<&[u8]> = pcrs
         .iter()
-        .map(|p| unhex("pcrs", p))
-        .collect::<Result<_, _>>()?;
-    if pcrs.len() != 11 || pcrs.iter().any(|p| p.len() != 32) {
-        return refuse("the PCR values are not eleven SHA-256 digests");
-    }
-    if quote.pcr_digest != pcr_digest(pcrs.iter().map(Vec::as_slice)) {
+        .chain(pcrs_sha1.iter().flatten())
+        .map(Vec::as_slice)
+        .collect();
+    if quote.pcr_digest != pcr_digest(quoted) {
         return refuse("the reported PCR values are not the ones quoted");
     }
 
-    // 5. The IMA log and the reference values.
+    // 5. The firmware's event log, the IMA log and the reference values.
+    let event_log = match &host.event_log {
+        Some(b64) => Some(
+            base64ct::Base64::decode_vec(b64)
+                .map_err(|_| HostRefused("event_log is not base64".into()))?,
+        ),
+        None if trust.policy.host_event_log_required => {
+            return refuse("the host sent no firmware event log, and the host policy requires one");
+        }
+        None => None,
+    };
+    let boot_log = match &event_log {
+        Some(bytes) => {
+            let log = EventLog::parse(bytes).map_err(|e| HostRefused(e.to_string()))?;
+            check_event_log(&log, weles_tpm::ids::ALG_SHA256, &pcrs)?;
+            if let Some(sha1) = &pcrs_sha1 {
+                check_event_log(&log, ALG_SHA1, sha1)?;
+            }
+            Some(log)
+        }
+        None => None,
+    };
     let log = base64ct::Base64::decode_vec(&host.ima_log)
         .map_err(|_| HostRefused("ima_log is not base64".into()))?;
-    let pcr10 = Digest::new(HashAlgorithm::Sha256, &pcrs[10])
-        .ok_or_else(|| HostRefused("PCR 10".into()))?;
     let mut v = Verifier::new(Config {
         banks: vec![Bank::Sha256],
         ..Config::default()
     });
-    v.expect_pcr(pcr10)
-        .map_err(|e| HostRefused(format!("PCR 10: {e}")))?;
+    let mut expected_pcr10 = vec![(HashAlgorithm::Sha256, &pcrs[10])];
+    if let Some(sha1) = &pcrs_sha1 {
+        expected_pcr10.push((HashAlgorithm::Sha1, &sha1[10]));
+    }
+    for (alg, value) in expected_pcr10 {
+        let d = Digest::new(alg, value).ok_or_else(|| HostRefused("PCR 10".into()))?;
+        v.expect_pcr(d)
+            .map_err(|e| HostRefused(format!("PCR 10: {e}")))?;
+    }
     v.verify_all(&log, &trust.policy)
         .map_err(|e| HostRefused(format!("the host IMA log: {e}")))?;
     let Some(entries) = v.pcr_matched_at() else {
@@ -178,8 +227,12 @@ pub fn verify(
         let value = &pcrs[*index as usize];
         if !allowed.iter().any(|d| d.as_bytes() == value.as_slice()) {
             return refuse(format!(
-                "PCR {index} is sha256:{}, not a reference value of the host policy",
-                hex::encode(value)
+                "PCR {index} is sha256:{}, not a reference value of the host policy{}",
+                hex::encode(value),
+                boot_log
+                    .as_ref()
+                    .map(|l| measured_into(l, *index))
+                    .unwrap_or_default()
             ));
         }
         reference_pcrs.push(*index);
@@ -189,7 +242,82 @@ pub fn verify(
         ak_sha256: weles_proto::api::ak_sha256(&ak_public),
         ima_entries: entries,
         reference_pcrs,
+        boot_events: boot_log.map(|l| l.events.len()),
+        banks: if sha1_quoted {
+            vec!["sha256", "sha1"]
+        } else {
+            vec!["sha256"]
+        },
     })
+}
+
+fn pcr_values(values: &[String], size: usize, bank: &str) -> Result<Vec<Vec<u8>>, HostRefused> {
+    let v: Vec<Vec<u8>> = values
+        .iter()
+        .map(|p| unhex("pcrs", p))
+        .collect::<Result<_, _>>()?;
+    if v.len() != 11 || v.iter().any(|p| p.len() != size) {
+        return refuse(format!(
+            "the {bank} PCR values are not eleven {bank} digests"
+        ));
+    }
+    Ok(v)
+}
+
+/// The event log replays, in bank `alg`, to the quoted PCRs: 0–7 always (never extended:
+/// zero), 8–9 where it extends them.
+fn check_event_log(log: &EventLog, alg: u16, quoted: &[Vec<u8>]) -> Result<(), HostRefused> {
+    let bank = if alg == ALG_SHA1 { "sha1" } else { "sha256" };
+    let replayed = log.replay(alg).map_err(|e| HostRefused(e.to_string()))?;
+    for pcr in 0..=9u32 {
+        let value = &quoted[pcr as usize];
+        let ok = match replayed.get(&pcr) {
+            Some(r) => r == value,
+            None => pcr > 7 || value.iter().all(|&b| b == 0),
+        };
+        if !ok {
+            return refuse(format!(
+                "the firmware event log does not replay to the quoted {bank} PCR {pcr} \
+                 (replayed {}, quoted {}): the log is not this boot's{}",
+                replayed
+                    .get(&pcr)
+                    .map(hex::encode)
+                    .unwrap_or_else(|| "nothing".into()),
+                hex::encode(value),
+                measured_into(log, pcr)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// "; the event log measured into PCR n: …" — what the tenant needs to see why a PCR differs.
+fn measured_into(log: &EventLog, pcr: u32) -> String {
+    let events: Vec<String> = log
+        .events
+        .iter()
+        .filter(|e| e.pcr == pcr && e.event_type != weles_tpm::event_log::EV_NO_ACTION)
+        .map(|e| {
+            let sha256 = e
+                .digests
+                .iter()
+                .find(|(a, _)| *a == weles_tpm::ids::ALG_SHA256)
+                .map(|(_, d)| hex::encode(&d[..8]))
+                .unwrap_or_default();
+            format!(
+                "#{} {} sha256:{sha256}…",
+                e.index,
+                event_type_name(e.event_type)
+            )
+        })
+        .collect();
+    if events.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; the event log measured into PCR {pcr}: {}",
+        events.join(", ")
+    )
 }
 
 fn check_ek_certificate(

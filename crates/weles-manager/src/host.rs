@@ -29,6 +29,8 @@ use weles_tpm::public::EccPublic;
 pub const QUOTED_PCRS: std::ops::RangeInclusive<u32> = 0..=10;
 /// The largest IMA log welesd sends (a host that measured more is a host to look at).
 const MAX_IMA_LOG: u64 = 64 << 20;
+/// The largest firmware event log welesd sends (real ones are tens of KiB).
+const MAX_EVENT_LOG: u64 = 4 << 20;
 const RC_RETRY: u32 = 0x922;
 
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -45,6 +47,11 @@ pub struct HostConfig {
     pub ak_handle: u32,
     /// The host's IMA measurement list.
     pub ima_log: PathBuf,
+    /// The firmware's measured-boot event log (PCRs 0–9), sent when the file exists.
+    pub event_log: PathBuf,
+    /// Quote the sha1 bank too (beside sha256), for tenants whose reference values or
+    /// tools use it; the TPM must have the sha1 bank allocated.
+    pub sha1: bool,
     /// The operator's host policy (TOML, as a VM policy): with it, welesd watches its own host
     /// — the IMA log as it grows, replayed against the TPM's PCR 10 — and a host violation makes
     /// every VM on this host violated (`enforcement.mode = "enforce"`, the default) or is only
@@ -62,6 +69,8 @@ impl Default for HostConfig {
             ek_certificate_index: 0x01c0_0002,
             ak_handle: 0x8101_0057,
             ima_log: PathBuf::from("/sys/kernel/security/ima/binary_runtime_measurements"),
+            event_log: PathBuf::from("/sys/kernel/security/tpm0/binary_bios_measurements"),
+            sha1: false,
             policy: None,
             poll_ms: 1000,
         }
@@ -158,32 +167,54 @@ impl HostAttestor {
             None => None,
         };
         let pcrs: Vec<u32> = QUOTED_PCRS.collect();
-        let selection = cmd::pcr_selection(&[weles_tpm::ids::ALG_SHA256], &pcrs);
+        let banks: &[u16] = if self.cfg.sha1 {
+            &[weles_tpm::ids::ALG_SHA256, weles_tpm::event_log::ALG_SHA1]
+        } else {
+            &[weles_tpm::ids::ALG_SHA256]
+        };
+        let selection = cmd::pcr_selection(banks, &pcrs);
         let r = self.call(
             &mut link,
             &cmd::quote(self.cfg.ak_handle, qualifying_data, &selection),
             "Quote",
         )?;
         let (attest, signature) = self.parse(cmd::parse_quote(&r), "Quote")?;
-        // PCR_Read answers at most 8 values: two reads.
-        let mut values = Vec::new();
-        for chunk in pcrs.chunks(8) {
-            let sel = cmd::pcr_selection(&[weles_tpm::ids::ALG_SHA256], chunk);
-            let r = self.call(&mut link, &cmd::pcr_read(&sel), "PCR_Read")?;
-            values.extend(self.parse(cmd::parse_pcr_read(&r), "PCR_Read")?);
+        // PCR_Read answers at most 8 values: reads per bank, in chunks.
+        let mut values: Vec<Vec<String>> = Vec::new();
+        for bank in banks {
+            let mut bank_values = Vec::new();
+            for chunk in pcrs.chunks(8) {
+                let sel = cmd::pcr_selection(&[*bank], chunk);
+                let r = self.call(&mut link, &cmd::pcr_read(&sel), "PCR_Read")?;
+                bank_values.extend(self.parse(cmd::parse_pcr_read(&r), "PCR_Read")?);
+            }
+            values.push(bank_values.iter().map(hex::encode).collect());
         }
         drop(link);
         let log = read_bounded(&self.cfg.ima_log, MAX_IMA_LOG).map_err(|why| HostError::Log {
             path: self.cfg.ima_log.clone(),
             why,
         })?;
+        let event_log = if self.cfg.event_log.exists() {
+            let bytes =
+                read_bounded(&self.cfg.event_log, MAX_EVENT_LOG).map_err(|why| HostError::Log {
+                    path: self.cfg.event_log.clone(),
+                    why,
+                })?;
+            Some(base64ct::Base64::encode_string(&bytes))
+        } else {
+            None
+        };
+        let mut values = values.into_iter();
         Ok(HostEvidence {
             keys: self.keys.clone(),
             activated,
             quote: hex::encode(attest),
             signature: hex::encode(signature),
-            pcrs: values.iter().map(hex::encode).collect(),
+            pcrs: values.next().unwrap_or_default(),
+            pcrs_sha1: values.next(),
             ima_log: base64ct::Base64::encode_string(&log),
+            event_log,
         })
     }
 

@@ -37,6 +37,10 @@ struct HostTpm {
 }
 
 fn host_tpm(dir: &Path) -> HostTpm {
+    host_tpm_with_banks(dir, "sha256")
+}
+
+fn host_tpm_with_banks(dir: &Path, banks: &str) -> HostTpm {
     std::fs::create_dir_all(dir.join("tpm")).unwrap();
     std::fs::create_dir_all(dir.join("ca")).unwrap();
     let ca = dir.join("ca");
@@ -63,7 +67,7 @@ fn host_tpm(dir: &Path) -> HostTpm {
             "--tpm2",
             "--create-ek-cert",
             "--pcr-banks",
-            "sha256",
+            banks,
             "--overwrite",
         ])
         .arg("--tpmstate")
@@ -102,7 +106,8 @@ fn host_tpm(dir: &Path) -> HostTpm {
 }
 
 /// Plays the host kernel: writes the first `n` entries of a real IMA log to `log` and extends
-/// each into the TPM's sha256 PCR 10, as IMA does.
+/// each into the TPM's PCR 10 (sha256 and sha1 banks; the TPM ignores a bank it does not
+/// have), as IMA does.
 fn measure_host(tpm: &HostTpm, log: &Path, n: usize) {
     measure_host_range(tpm, log, 0..n, true, true);
 }
@@ -131,7 +136,14 @@ fn measure_host_range(
             std::io::Write::write_all(&mut f, raw).unwrap();
         }
         if extend_it {
-            pcr_extend(&mut data, 10, &[e.template_digest(Bank::Sha256)]);
+            pcr_extend(
+                &mut data,
+                10,
+                &[
+                    e.template_digest(Bank::Sha256),
+                    e.template_digest(Bank::Sha1),
+                ],
+            );
         }
     }
 }
@@ -159,7 +171,8 @@ fn start_welesd_with(dir: &Path, tpm: &HostTpm, log: &Path, host_extra: &str) ->
         dir.join("welesd.toml"),
         format!(
             "state_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\ntenant_api = \"127.0.0.1:0\"\n\
-             [host]\ntpm = \"127.0.0.1:{p}\"\nima_log = \"{l}\"\n{host_extra}",
+             [host]\ntpm = \"127.0.0.1:{p}\"\nima_log = \"{l}\"\n\
+             event_log = \"{d}/event_log.bin\"\n{host_extra}",
             d = dir.display(),
             p = tpm.port,
             l = log.display()
@@ -619,5 +632,190 @@ fn welesd_watches_its_host_and_a_host_violation_violates_every_vm() {
     let h = wait_host(&m2, "violated");
     assert!(h.contains("pcr_mismatch"), "{h}");
     drop(m2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Plays the firmware: extends every event of a real UEFI event log into the host TPM (sha256
+/// and sha1 digests, as the firmware did), so the TPM's PCRs 0–9 are that boot's.
+fn boot_host(tpm: &HostTpm, event_log: &[u8]) {
+    use weles_ima::{Digest, HashAlgorithm};
+    use weles_tpm::event_log::{ALG_SHA1, ALG_SHA256, EV_NO_ACTION, EventLog};
+    let log = EventLog::parse(event_log).unwrap();
+    let mut data = TcpStream::connect(("127.0.0.1", tpm.port)).unwrap();
+    for e in log.events.iter().filter(|e| e.event_type != EV_NO_ACTION) {
+        let digest = |alg: u16, h: HashAlgorithm| {
+            let (_, d) = e.digests.iter().find(|(a, _)| *a == alg).unwrap();
+            Digest::new(h, d).unwrap()
+        };
+        pcr_extend(
+            &mut data,
+            e.pcr,
+            &[
+                digest(ALG_SHA256, HashAlgorithm::Sha256),
+                digest(ALG_SHA1, HashAlgorithm::Sha1),
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_uefi_event_log_replays_to_the_host_quote_in_both_banks_and_meets_reference_values() {
+    let dir = std::env::temp_dir().join(format!("weles-host-boot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tpm = host_tpm_with_banks(&dir.join("host1"), "sha256,sha1");
+    let uefi = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/host/uefi-event-log.bin"
+    ))
+    .unwrap();
+    boot_host(&tpm, &uefi);
+    let log = dir.join("host-ima.bin");
+    measure_host(&tpm, &log, 8);
+    std::fs::write(dir.join("event_log.bin"), &uefi).unwrap();
+    let m = start_welesd_with(&dir, &tpm, &log, "sha1 = true\n");
+    let ca = tpm.ca.join("issuercert.pem");
+
+    // The host policy: IMA entries from a known-good log, PCRs 0–7 from a known-good boot.
+    let (ok, _, err) = weles(
+        &m,
+        &[
+            "policy",
+            "generate",
+            "--from-log",
+            log.to_str().unwrap(),
+            "-o",
+            "ima.toml",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, reference, err) = weles(
+        &m,
+        &[
+            "policy",
+            "host-pcrs",
+            "--event-log",
+            dir.join("event_log.bin").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        reference.contains("\"7\" = [\"sha256:65caf8dd"),
+        "{reference}"
+    );
+    let ima = std::fs::read_to_string(dir.join("ima.toml")).unwrap();
+    std::fs::write(
+        dir.join("host.toml"),
+        format!("{ima}\n{reference}event_log_required = true\n"),
+    )
+    .unwrap();
+    let (ok, out, err) = trust(&m, &ca, "host.toml");
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("25 boot events replay"), "{out}");
+    assert!(out.contains("banks sha256, sha1"), "{out}");
+    assert!(
+        out.contains("reference PCRs [0, 1, 2, 3, 4, 5, 6, 7]"),
+        "{out}"
+    );
+
+    // The manager sends a log of another boot (one digest changed): it no longer replays.
+    let parsed = weles_tpm::event_log::EventLog::parse(&uefi).unwrap();
+    let ev4 = parsed
+        .events
+        .iter()
+        .find(|e| e.pcr == 4 && e.event_type != weles_tpm::event_log::EV_NO_ACTION)
+        .unwrap();
+    let mut other = uefi.clone();
+    other[ev4.offset + 12 + 2 + 20 + 2] ^= 1; // its sha256 digest's first byte
+    std::fs::write(dir.join("event_log.bin"), &other).unwrap();
+    let (ok, _, err) = trust(&m, &ca, "host.toml");
+    assert!(!ok);
+    assert!(
+        err.contains("does not replay to the quoted sha256 PCR 4")
+            && err.contains("EV_EFI_BOOT_SERVICES_APPLICATION"),
+        "{err}"
+    );
+    // No event log at all, which this policy requires.
+    std::fs::remove_file(dir.join("event_log.bin")).unwrap();
+    let (ok, _, err) = trust(&m, &ca, "host.toml");
+    assert!(!ok);
+    assert!(err.contains("sent no firmware event log"), "{err}");
+    std::fs::write(dir.join("event_log.bin"), &uefi).unwrap();
+
+    // Reference values of another firmware build (PCR 0 differs): refused, and the message
+    // shows what the host's firmware measured into that PCR.
+    let other_firmware = std::fs::read_to_string(dir.join("host.toml"))
+        .unwrap()
+        .replace("177e29c417b6b61c", "077e29c417b6b61c");
+    std::fs::write(dir.join("other.toml"), other_firmware).unwrap();
+    let (ok, _, err) = trust(&m, &ca, "other.toml");
+    assert!(!ok);
+    assert!(
+        err.contains("PCR 0 is sha256:177e29c4")
+            && err.contains("the event log measured into PCR 0: #")
+            && err.contains("EV_S_CRTM_VERSION"),
+        "{err}"
+    );
+
+    // The library, against a manager that lies about the sha1 bank.
+    let policy = weles_policy::Policy::load(
+        std::fs::read_to_string(dir.join("host.toml"))
+            .unwrap()
+            .as_bytes(),
+        "host.toml",
+    )
+    .unwrap();
+    let trust_cfg = HostTrust {
+        ek_cas: vec![der_of(&ca)],
+        policy,
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    };
+    let keys = host_keys(&m);
+    let nonce = "44".repeat(32);
+    let (cred, secret) = host_verify::make_challenge(&keys).unwrap();
+    let (ev, _) = evidence(&m, &nonce, Some(cred));
+    let host = ev.host.clone().unwrap();
+    let verdict = host_verify::verify(&host, &nonce, &ev.manager_key, &secret, &trust_cfg).unwrap();
+    assert_eq!(verdict.boot_events, Some(25));
+    assert_eq!(verdict.banks, ["sha256", "sha1"]);
+    let refused = |h: &api::HostEvidence| {
+        host_verify::verify(h, &nonce, &ev.manager_key, &secret, &trust_cfg)
+            .unwrap_err()
+            .to_string()
+    };
+    let mut lie = host.clone();
+    lie.pcrs_sha1.as_mut().unwrap()[0] = "00".repeat(20);
+    assert!(
+        refused(&lie).contains("not the ones quoted"),
+        "{}",
+        refused(&lie)
+    );
+    let mut lie = host.clone();
+    lie.pcrs_sha1 = None;
+    assert!(
+        refused(&lie).contains("sha1 PCR values do not match"),
+        "{}",
+        refused(&lie)
+    );
+    // A log whose sha1 digest of an event was changed (sha256 intact): the sha1 bank catches it.
+    let mut sha1_edit = uefi.clone();
+    sha1_edit[ev4.offset + 12 + 2] ^= 1;
+    let mut lie = host.clone();
+    lie.event_log = Some({
+        use base64ct::Encoding;
+        base64ct::Base64::encode_string(&sha1_edit)
+    });
+    assert!(
+        refused(&lie).contains("does not replay to the quoted sha1 PCR 4"),
+        "{}",
+        refused(&lie)
+    );
+    let mut lie = host.clone();
+    lie.event_log = Some("!!".into());
+    assert!(refused(&lie).contains("event_log is not base64"));
+    drop(m);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -41,11 +41,15 @@ pub struct PolicyDocument {
 pub struct HostSection {
     #[serde(default)]
     pub pcrs: BTreeMap<String, Vec<String>>,
+    /// Refuse a host that sends no firmware event log (one that does must replay to its
+    /// quoted PCRs 0–7 either way).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub event_log_required: bool,
 }
 
 impl HostSection {
     fn is_empty(&self) -> bool {
-        self.pcrs.is_empty()
+        self.pcrs.is_empty() && !self.event_log_required
     }
 }
 

@@ -60,6 +60,9 @@ pub struct Policy {
     pub allow_violations: bool,
     /// Host policies: PCR index (0–9) → allowed SHA-256 values (`[host] pcrs`).
     pub host_pcrs: std::collections::BTreeMap<u32, Vec<Digest>>,
+    /// Host policies: a firmware event log must come with the evidence (`[host]
+    /// event_log_required`).
+    pub host_event_log_required: bool,
 }
 
 /// Default allowed file-digest algorithms of a WELES policy (md5 only when listed).
@@ -94,6 +97,7 @@ impl Policy {
             digest_algorithms: Some(DEFAULT_DIGEST_ALGORITHMS.to_vec()),
             allow_violations: false,
             host_pcrs: std::collections::BTreeMap::new(),
+            host_event_log_required: false,
         }
     }
 
@@ -205,6 +209,7 @@ impl Policy {
             }
             p.keys.push(key);
         }
+        p.host_event_log_required = doc.host.event_log_required;
         for (index, values) in &doc.host.pcrs {
             let loc = format!("host.pcrs.{index:?}");
             let pcr: u32 = index.parse().ok().filter(|i| *i <= 9).ok_or_else(|| {

@@ -76,15 +76,22 @@ pub struct HostEvidence {
     pub keys: HostKeys,
     /// What ActivateCredential returned for the tenant's credential (hex); absent without one.
     pub activated: Option<String>,
-    /// TPMS_ATTEST of TPM2_Quote over sha256 PCRs 0–10 with qualifying data
-    /// [`host_qualifying_data`] (hex).
+    /// TPMS_ATTEST of TPM2_Quote over sha256 PCRs 0–10 (then sha1 PCRs 0–10 when the host is
+    /// configured to quote sha1 too) with qualifying data [`host_qualifying_data`] (hex).
     pub quote: String,
     /// Its TPMT_SIGNATURE by the AK (hex).
     pub signature: String,
     /// The quoted PCRs' values, sha256 bank, index 0–10 (hex), read right after the quote.
     pub pcrs: Vec<String>,
+    /// The same for the sha1 bank, when quoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcrs_sha1: Option<Vec<String>>,
     /// The host's binary IMA measurement list, read after the quote (base64).
     pub ima_log: String,
+    /// The firmware's measured-boot event log (TCG crypto-agile format, base64), when the host
+    /// has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_log: Option<String>,
 }
 
 /// The qualifying data of the host quote: SHA-256 binding the tenant's nonce and the manager
