@@ -44,10 +44,16 @@ pub struct TrustArgs {
     /// Accept evidence from the simulated TEE (development and tests only: no protection).
     #[arg(long)]
     allow_simulated: bool,
-    /// Attest the manager's host with its TPM: the CA certificate (PEM or DER) of the TPM's
-    /// maker that must have signed the EK certificate; repeatable. Needs --host-policy.
+    /// Attest the manager's host with its TPM: a CA certificate (PEM, bundles allowed, or DER)
+    /// of a TPM maker you trust, at the end of the EK certificate's chain; repeatable. Needs
+    /// --host-policy.
     #[arg(long, value_name = "CA_CERT", requires = "host_policy")]
     host_ca: Vec<PathBuf>,
+    /// An intermediate CA certificate between the EK certificate and a --host-ca (path
+    /// material only: it must itself chain to a --host-ca); repeatable. The manager may send
+    /// its TPM maker's intermediates too.
+    #[arg(long, value_name = "CA_CERT", requires = "host_ca")]
+    host_ca_intermediate: Vec<PathBuf>,
     /// The host policy (TOML, as `weles policy`; `[host] pcrs` lists measured-boot reference
     /// values): the host's IMA log must comply and PCRs 0–9 match.
     #[arg(long, value_name = "POLICY", requires = "host_ca")]
@@ -162,7 +168,7 @@ fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
     let mut conn = Connection::open(&a.url, None)?;
     // With --host-ca: a credential for the host's AK rides along with the nonce.
     let host_trust = match &a.host_policy {
-        Some(p) => Some(host_trust(&a.host_ca, p)?),
+        Some(p) => Some(host_trust(&a.host_ca, &a.host_ca_intermediate, p)?),
         None => None,
     };
     let mut challenge = None;
@@ -319,25 +325,29 @@ fn hex_values<const N: usize>(values: &[String], flag: &str) -> anyhow::Result<V
 }
 
 /// The tenant's host trust: the TPM makers' CAs and the host policy.
-fn host_trust(cas: &[PathBuf], policy: &std::path::Path) -> anyhow::Result<host_verify::HostTrust> {
-    let mut ek_cas = Vec::new();
-    for ca in cas {
-        let bytes = std::fs::read(ca).with_context(|| ca.display().to_string())?;
-        let der = match std::str::from_utf8(&bytes)
-            .ok()
-            .filter(|t| t.contains("-----BEGIN"))
-        {
-            Some(t) => {
-                weles_policy::ima_keys::pem_body(t).with_context(|| ca.display().to_string())?
-            }
-            None => bytes,
-        };
-        ek_cas.push(der);
-    }
+fn host_trust(
+    cas: &[PathBuf],
+    intermediates: &[PathBuf],
+    policy: &std::path::Path,
+) -> anyhow::Result<host_verify::HostTrust> {
+    let certificates = |files: &[PathBuf]| -> anyhow::Result<Vec<Vec<u8>>> {
+        let mut all = Vec::new();
+        for f in files {
+            let bytes = std::fs::read(f).with_context(|| f.display().to_string())?;
+            all.extend(
+                weles_policy::ima_keys::pem_bodies(&bytes)
+                    .with_context(|| f.display().to_string())?,
+            );
+        }
+        Ok(all)
+    };
+    let ek_cas = certificates(cas)?;
+    let ek_intermediates = certificates(intermediates)?;
     let text = std::fs::read(policy).with_context(|| policy.display().to_string())?;
     let policy = weles_policy::Policy::load(&text, &policy.display().to_string())?;
     Ok(host_verify::HostTrust {
         ek_cas,
+        ek_intermediates,
         policy,
         now: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?

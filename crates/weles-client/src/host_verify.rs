@@ -2,8 +2,10 @@
 //! taken on the manager's word.
 //!
 //! In order (each step names what failed):
-//! 1. the EK certificate is signed by one of the TPM makers' CAs the tenant configured, is
-//!    within its validity, and certifies exactly the EK public area the evidence carries;
+//! 1. the EK certificate chains to one of the TPM makers' CAs the tenant configured — directly
+//!    or through intermediate CAs (the tenant's or the manager's, each a CA, each verified, at
+//!    most four) — every certificate on the path is within its validity, and the EK certificate
+//!    certifies exactly the EK public area the evidence carries;
 //! 2. the credential the tenant made for (EK, AK name) came back decrypted: the AK lives in the
 //!    TPM that holds the EK (only that TPM can answer, and only with that AK loaded);
 //! 3. the AK is a restricted signing key (it signs only what the TPM itself generated);
@@ -31,8 +33,11 @@ use x509_cert::der::{Decode, Encode};
 
 /// What the tenant trusts about hosts.
 pub struct HostTrust {
-    /// CA certificates (DER) of TPM makers: an EK certificate must be signed by one of them.
+    /// CA certificates (DER) of TPM makers: an EK certificate must chain to one of them.
     pub ek_cas: Vec<Vec<u8>>,
+    /// Intermediate CA certificates (DER) the tenant offers as path material (not trusted by
+    /// themselves).
+    pub ek_intermediates: Vec<Vec<u8>>,
     /// The host policy: IMA entries (`[ima]`) and measured-boot reference values (`[host]`).
     pub policy: Policy,
     /// "Now" for certificate validity, seconds since the epoch (injected in tests).
@@ -105,7 +110,17 @@ pub fn verify(
     let ek = RsaEkPublic::parse(&ek_public)
         .map_err(|e| HostRefused(format!("the EK public area: {e}")))?;
     let cert_der = unhex("ek_certificate", &host.keys.ek_certificate)?;
-    check_ek_certificate(&cert_der, &ek, trust)?;
+    let mut intermediates = trust.ek_intermediates.clone();
+    for c in &host.keys.ek_chain {
+        intermediates.push(unhex("ek_chain", c)?);
+    }
+    if intermediates.len() > MAX_OFFERED_INTERMEDIATES {
+        return refuse(format!(
+            "{} intermediate certificates offered for the EK certificate (at most {MAX_OFFERED_INTERMEDIATES})",
+            intermediates.len()
+        ));
+    }
+    check_ek_certificate(&cert_der, &ek, trust, &intermediates)?;
 
     // 2. The AK shares the EK's TPM.
     let activated = match &host.activated {
@@ -320,55 +335,96 @@ fn measured_into(log: &EventLog, pcr: u32) -> String {
     )
 }
 
-fn check_ek_certificate(
-    der: &[u8],
-    ek: &RsaEkPublic,
-    trust: &HostTrust,
-) -> Result<(), HostRefused> {
-    let cert = x509_cert::Certificate::from_der(der)
-        .map_err(|e| HostRefused(format!("the EK certificate: {e}")))?;
-    let tbs = cert
-        .tbs_certificate()
-        .to_der()
-        .map_err(|e| HostRefused(format!("the EK certificate: {e}")))?;
-    let sig = cert.signature().raw_bytes();
-    let alg = cert.signature_algorithm().oid.to_string();
-    let (hash_alg, digest) = match alg.as_str() {
+/// Whether `cert` carries a valid signature by the key of `issuer_der` (RSA PKCS#1 v1.5 or
+/// ECDSA, SHA-256/384) and names it as issuer.
+fn signed_by(cert: &x509_cert::Certificate, issuer_der: &[u8]) -> bool {
+    let Ok(issuer) = x509_cert::Certificate::from_der(issuer_der) else {
+        return false;
+    };
+    if cert.tbs_certificate().issuer() != issuer.tbs_certificate().subject() {
+        return false;
+    }
+    let Ok(tbs) = cert.tbs_certificate().to_der() else {
+        return false;
+    };
+    let (hash_alg, digest) = match cert.signature_algorithm().oid.to_string().as_str() {
         "1.2.840.113549.1.1.11" | "1.2.840.10045.4.3.2" => {
             (HashAlgorithm::Sha256, sha2::Sha256::digest(&tbs).to_vec())
         }
         "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => {
             (HashAlgorithm::Sha384, sha2::Sha384::digest(&tbs).to_vec())
         }
-        other => return refuse(format!("the EK certificate's signature algorithm {other}")),
+        _ => return false,
     };
-    let issuer = cert.tbs_certificate().issuer().to_der().unwrap_or_default();
-    let mut signed_by = None;
-    for (i, ca) in trust.ek_cas.iter().enumerate() {
-        let Ok(c) = x509_cert::Certificate::from_der(ca) else {
-            continue;
-        };
-        if c.tbs_certificate().subject().to_der().unwrap_or_default() != issuer {
-            continue;
-        }
-        let Ok(key) = TrustedKey::from_der("EK CA", ca) else {
-            continue;
-        };
-        if key.verify_prehashed(hash_alg, &digest, sig) {
-            signed_by = Some(i);
-            break;
-        }
+    TrustedKey::from_der("EK CA", issuer_der)
+        .map(|key| key.verify_prehashed(hash_alg, &digest, cert.signature().raw_bytes()))
+        .unwrap_or(false)
+}
+
+fn valid_at(cert: &x509_cert::Certificate, now: u64) -> bool {
+    let v = cert.tbs_certificate().validity();
+    v.not_before.to_unix_duration().as_secs() <= now
+        && now <= v.not_after.to_unix_duration().as_secs()
+}
+
+fn is_ca(cert: &x509_cert::Certificate) -> bool {
+    use x509_cert::ext::pkix::BasicConstraints;
+    matches!(
+        cert.tbs_certificate().get_extension::<BasicConstraints>(),
+        Ok(Some((_, bc))) if bc.ca
+    )
+}
+
+/// Longest path above the EK certificate: intermediates, then a configured CA.
+const MAX_INTERMEDIATES: usize = 4;
+/// Path building tries intermediates depth-first: bound how many it may be offered.
+const MAX_OFFERED_INTERMEDIATES: usize = 16;
+
+/// A path from `cert` to one of the tenant's CAs, through `intermediates` (each a CA, valid
+/// now, signing the one below); `depth` intermediates may still be used.
+fn chains_to_ca(
+    cert: &x509_cert::Certificate,
+    trust: &HostTrust,
+    intermediates: &[Vec<u8>],
+    depth: usize,
+) -> bool {
+    if trust.ek_cas.iter().any(|ca| {
+        signed_by(cert, ca)
+            && x509_cert::Certificate::from_der(ca).is_ok_and(|c| valid_at(&c, trust.now))
+    }) {
+        return true;
     }
-    if signed_by.is_none() {
+    depth > 0
+        && intermediates.iter().any(|der| {
+            let Ok(i) = x509_cert::Certificate::from_der(der) else {
+                return false;
+            };
+            i != *cert
+                && is_ca(&i)
+                && valid_at(&i, trust.now)
+                && signed_by(cert, der)
+                && chains_to_ca(&i, trust, intermediates, depth - 1)
+        })
+}
+
+fn check_ek_certificate(
+    der: &[u8],
+    ek: &RsaEkPublic,
+    trust: &HostTrust,
+    intermediates: &[Vec<u8>],
+) -> Result<(), HostRefused> {
+    let cert = x509_cert::Certificate::from_der(der)
+        .map_err(|e| HostRefused(format!("the EK certificate: {e}")))?;
+    if !chains_to_ca(&cert, trust, intermediates, MAX_INTERMEDIATES) {
         return refuse(format!(
-            "the EK certificate (issuer {}) is not signed by any configured TPM maker CA",
-            cert.tbs_certificate().issuer()
+            "the EK certificate (issuer {}) does not chain to any configured TPM maker CA \
+             ({} intermediate certificate(s) offered; give a missing one with \
+             --host-ca-intermediate)",
+            cert.tbs_certificate().issuer(),
+            intermediates.len()
         ));
     }
-    let validity = cert.tbs_certificate().validity();
-    let not_before = validity.not_before.to_unix_duration().as_secs();
-    let not_after = validity.not_after.to_unix_duration().as_secs();
-    if trust.now < not_before || trust.now > not_after {
+    if !valid_at(&cert, trust.now) {
         return refuse("the EK certificate is not valid now");
     }
     // The certificate's key is exactly the EK's.

@@ -43,6 +43,9 @@ pub struct HostConfig {
     pub ek_handle: u32,
     /// The NV index of its certificate.
     pub ek_certificate_index: u32,
+    /// The TPM maker's intermediate CA certificates (PEM bundle), sent to tenants so they can
+    /// build the path from the EK certificate to the maker's root they trust.
+    pub ek_chain: Option<PathBuf>,
     /// Where welesd keeps its AK.
     pub ak_handle: u32,
     /// The host's IMA measurement list.
@@ -67,6 +70,7 @@ impl Default for HostConfig {
             tpm: None,
             ek_handle: 0x8101_0001,
             ek_certificate_index: 0x01c0_0002,
+            ek_chain: None,
             ak_handle: 0x8101_0057,
             ima_log: PathBuf::from("/sys/kernel/security/ima/binary_runtime_measurements"),
             event_log: PathBuf::from("/sys/kernel/security/tpm0/binary_bios_measurements"),
@@ -117,6 +121,7 @@ impl HostAttestor {
                 ek_public: String::new(),
                 ek_certificate: String::new(),
                 ak_public: String::new(),
+                ek_chain: Vec::new(),
             },
             lock: Mutex::new(()),
         };
@@ -135,11 +140,27 @@ impl HostAttestor {
             ))
         })?;
         let certificate = a.read_nv(&mut link, cfg.ek_certificate_index)?;
+        let ek_chain = match &cfg.ek_chain {
+            Some(path) => {
+                let bad = |why: String| HostError::Log {
+                    path: path.clone(),
+                    why,
+                };
+                let bytes = read_bounded(path, 1 << 20).map_err(bad)?;
+                weles_policy::ima_keys::pem_bodies(&bytes)
+                    .map_err(|e| bad(e.to_string()))?
+                    .iter()
+                    .map(hex::encode)
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let ak = a.ensure_ak(&mut link)?;
         a.keys = HostKeys {
             ek_public: hex::encode(&ek_public),
             ek_certificate: hex::encode(&certificate),
             ak_public: hex::encode(ak.marshal()),
+            ek_chain,
         };
         Ok(Some(a))
     }

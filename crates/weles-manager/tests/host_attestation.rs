@@ -234,23 +234,26 @@ fn weles(m: &Manager, args: &[&str]) -> (bool, String, String) {
 }
 
 fn trust(m: &Manager, ca: &Path, policy: &str) -> (bool, String, String) {
-    weles(
-        m,
-        &[
-            "manager",
-            "trust",
-            &m.url,
-            "--tenant",
-            "acme",
-            "--key",
-            "acme",
-            "--allow-simulated",
-            "--host-ca",
-            ca.to_str().unwrap(),
-            "--host-policy",
-            policy,
-        ],
-    )
+    trust_with(m, ca, policy, &[])
+}
+
+fn trust_with(m: &Manager, ca: &Path, policy: &str, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
+        "manager",
+        "trust",
+        &m.url,
+        "--tenant",
+        "acme",
+        "--key",
+        "acme",
+        "--allow-simulated",
+        "--host-ca",
+        ca.to_str().unwrap(),
+        "--host-policy",
+        policy,
+    ];
+    args.extend_from_slice(extra);
+    weles(m, &args)
 }
 
 /// The evidence for `nonce`, fetched as the CLI does, with or without a credential.
@@ -349,23 +352,45 @@ fn the_tenant_verifies_the_host_tpm_itself_and_refuses_every_lie() {
     let (ok, _, err) = trust(&m, &ca, "pcr.toml");
     assert!(!ok);
     assert!(err.contains("PCR 0"), "{err}");
-    // An EK certificate from a CA the tenant does not trust (the local CA's root is another
-    // issuer than the one that signed the EK certificate).
-    let (ok, _, err) = trust(
-        &m,
-        &tpm.ca.join("swtpm-localca-rootca-cert.pem"),
-        "host.toml",
-    );
+    // The maker's root alone: the EK certificate's issuer (the local CA's intermediate) is
+    // missing from the path, and the message says how to give it.
+    let root = tpm.ca.join("swtpm-localca-rootca-cert.pem");
+    let (ok, _, err) = trust(&m, &root, "host.toml");
     assert!(!ok);
     assert!(
-        err.contains("not signed by any configured TPM maker CA"),
+        err.contains("does not chain to any configured TPM maker CA")
+            && err.contains("--host-ca-intermediate"),
         "{err}"
     );
+    // With the intermediate as path material, the root is enough.
+    let (ok, out, err) = trust_with(
+        &m,
+        &root,
+        "host.toml",
+        &["--host-ca-intermediate", ca.to_str().unwrap()],
+    );
+    assert!(ok, "{out}{err}");
+    // An intermediate is not a trust anchor: the intermediate offered with an unrelated root
+    // (the EK certificate itself as "root" is not a CA's) does not make a path.
+    std::fs::write(
+        dir.join("ek.der"),
+        hex::decode(&host_keys(&m).ek_certificate).unwrap(),
+    )
+    .unwrap();
+    let (ok, _, err) = trust_with(
+        &m,
+        &dir.join("ek.der"),
+        "host.toml",
+        &["--host-ca-intermediate", ca.to_str().unwrap()],
+    );
+    assert!(!ok);
+    assert!(err.contains("does not chain"), "{err}");
 
     // The library the CLI uses, against evidence a lying manager might send.
     let policy = weles_policy::Policy::load(good.as_bytes(), "host.toml").unwrap();
     let trust_cfg = HostTrust {
         ek_cas: vec![der_of(&ca)],
+        ek_intermediates: Vec::new(),
         policy,
         // An injected clock: ten minutes from now, so that the second host TPM's EK
         // certificate, made later in this test, is already valid.
@@ -673,8 +698,17 @@ fn a_uefi_event_log_replays_to_the_host_quote_in_both_banks_and_meets_reference_
     let log = dir.join("host-ima.bin");
     measure_host(&tpm, &log, 8);
     std::fs::write(dir.join("event_log.bin"), &uefi).unwrap();
-    let m = start_welesd_with(&dir, &tpm, &log, "sha1 = true\n");
-    let ca = tpm.ca.join("issuercert.pem");
+    // The operator configures the TPM maker's intermediate, so tenants need only the root.
+    let m = start_welesd_with(
+        &dir,
+        &tpm,
+        &log,
+        &format!(
+            "sha1 = true\nek_chain = \"{}\"\n",
+            tpm.ca.join("issuercert.pem").display()
+        ),
+    );
+    let ca = tpm.ca.join("swtpm-localca-rootca-cert.pem");
 
     // The host policy: IMA entries from a known-good log, PCRs 0–7 from a known-good boot.
     let (ok, _, err) = weles(
@@ -767,6 +801,7 @@ fn a_uefi_event_log_replays_to_the_host_quote_in_both_banks_and_meets_reference_
     .unwrap();
     let trust_cfg = HostTrust {
         ek_cas: vec![der_of(&ca)],
+        ek_intermediates: Vec::new(),
         policy,
         now: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -185,6 +185,47 @@ pub fn pem_body(text: &str) -> Result<Vec<u8>, KeyError> {
     Base64::decode_vec(&body).map_err(|e| KeyError::Pem(format!("bad base64: {e}")))
 }
 
+/// The DER of every PEM block of a bundle (certificate chains), in order; DER input (no PEM
+/// block at all) is returned as the one element.
+pub fn pem_bodies(bytes: &[u8]) -> Result<Vec<Vec<u8>>, KeyError> {
+    let Some(text) = std::str::from_utf8(bytes)
+        .ok()
+        .filter(|t| t.contains("-----BEGIN "))
+    else {
+        return Ok(vec![bytes.to_vec()]);
+    };
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(begin) = rest.find("-----BEGIN ") {
+        let block = &rest[begin..];
+        let end = block
+            .find("-----END ")
+            .ok_or_else(|| KeyError::Pem(format!("block {} has no END line", blocks.len())))?;
+        let line_end = block[end..].find('\n').map_or(block.len(), |n| end + n);
+        blocks.push(pem_body(&block[..line_end])?);
+        rest = &block[line_end..];
+    }
+    Ok(blocks)
+}
+
+#[cfg(test)]
+mod pem_tests {
+    use super::pem_bodies;
+
+    #[test]
+    fn bundles_yield_every_block_in_order() {
+        let one = "-----BEGIN CERTIFICATE-----\nAQID\n-----END CERTIFICATE-----\n";
+        let two = "-----BEGIN CERTIFICATE-----\nBAUG\n-----END CERTIFICATE-----";
+        let bundle = format!("subject=x\n{one}issuer=y\n{two}");
+        assert_eq!(
+            pem_bodies(bundle.as_bytes()).unwrap(),
+            [vec![1, 2, 3], vec![4, 5, 6]]
+        );
+        assert_eq!(pem_bodies(&[0x30, 0x03]).unwrap(), [vec![0x30, 0x03]]);
+        assert!(pem_bodies(b"-----BEGIN CERTIFICATE-----\nAQID\n").is_err());
+    }
+}
+
 /// Finds the SubjectPublicKeyInfo and, if present, the subject key identifier of a certificate.
 fn certificate_spki_and_skid(der: &[u8]) -> Result<(&[u8], Option<Vec<u8>>), DerError> {
     let mut top = Der::new(der);

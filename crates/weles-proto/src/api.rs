@@ -67,6 +67,10 @@ pub struct HostKeys {
     pub ek_certificate: String,
     /// The AK's TPMT_PUBLIC (restricted ECDSA P-256).
     pub ak_public: String,
+    /// Intermediate CA certificates (DER, hex) between the EK certificate and its maker's root,
+    /// as the operator configured them: path material for the tenant, never trusted by itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ek_chain: Vec<String>,
 }
 
 /// What the host TPM says, bound to the tenant's nonce and the manager key.
