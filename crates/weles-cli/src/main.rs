@@ -6,6 +6,7 @@ mod ima_cmd;
 mod operator_cmd;
 mod policy_cmd;
 mod tenant_cmd;
+mod trust_config;
 
 use std::process::ExitCode;
 

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use weles_proto::api::{self, EventPage, Evidence, PolicyUpload, VmStatus};
 
+use crate::trust_config::{self, TrustFile, TrustFlags};
 use crate::{Outcome, read_file};
 use weles_client::{self as manager_client, Connection, Signer, Trust, host_verify};
 
@@ -41,22 +42,26 @@ pub struct TrustArgs {
     /// Your OpenSSH private key (the public half is registered with the manager's operator).
     #[arg(long)]
     key: PathBuf,
+    /// What you trust, in one file (TOML: allow_simulated, [host], [snp], [dcap], [sgx],
+    /// [tdx] — docs/tenant-guide.md); the flags below add to it or replace its single values.
+    #[arg(long, value_name = "FILE")]
+    trust_config: Option<PathBuf>,
     /// Accept evidence from the simulated TEE (development and tests only: no protection).
     #[arg(long)]
     allow_simulated: bool,
     /// Attest the manager's host with its TPM: a CA certificate (PEM, bundles allowed, or DER)
     /// of a TPM maker you trust, at the end of the EK certificate's chain; repeatable. Needs
     /// --host-policy.
-    #[arg(long, value_name = "CA_CERT", requires = "host_policy")]
+    #[arg(long, value_name = "CA_CERT")]
     host_ca: Vec<PathBuf>,
     /// An intermediate CA certificate between the EK certificate and a --host-ca (path
     /// material only: it must itself chain to a --host-ca); repeatable. The manager may send
     /// its TPM maker's intermediates too.
-    #[arg(long, value_name = "CA_CERT", requires = "host_ca")]
+    #[arg(long, value_name = "CA_CERT")]
     host_ca_intermediate: Vec<PathBuf>,
     /// The host policy (TOML, as `weles policy`; `[host] pcrs` lists measured-boot reference
     /// values): the host's IMA log must comply and PCRs 0–9 match.
-    #[arg(long, value_name = "POLICY", requires = "host_ca")]
+    #[arg(long, value_name = "POLICY")]
     host_policy: Option<PathBuf>,
     /// A manager in an SEV-SNP VM (`tsm` backend): the VCEK certificate (DER) of its chip, from
     /// AMD's key server (offline collateral; AMD's ARK and ASK are built in).
@@ -162,21 +167,43 @@ pub fn manager(cmd: ManagerCommand) -> anyhow::Result<Outcome> {
 }
 
 fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
+    // Everything local is read and checked before the manager is asked anything.
+    let file = match &a.trust_config {
+        Some(p) => TrustFile::load(p)?,
+        None => TrustFile::default(),
+    };
+    let flags = TrustFlags {
+        allow_simulated: a.allow_simulated,
+        host_ca: a.host_ca,
+        host_ca_intermediate: a.host_ca_intermediate,
+        host_policy: a.host_policy,
+        snp_vcek: a.snp_vcek,
+        snp_measurement: a.snp_measurement,
+        dcap_collateral: a.dcap_collateral,
+        dcap_accept: a.dcap_accept,
+        sgx_mrenclave: a.sgx_mrenclave,
+        sgx_mrsigner: a.sgx_mrsigner,
+        tdx_mrtd: a.tdx_mrtd,
+        tdx_rtmr: a.tdx_rtmr,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let trusted = trust_config::resolve(file, flags, now)?;
+    let (host_trust, tee) = (&trusted.host, &trusted.tee);
+
     let mut nonce = [0u8; 32];
     getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
     let nonce = hex::encode(nonce);
     let mut conn = Connection::open(&a.url, None)?;
-    // With --host-ca: a credential for the host's AK rides along with the nonce.
-    let host_trust = match &a.host_policy {
-        Some(p) => Some(host_trust(&a.host_ca, &a.host_ca_intermediate, p)?),
-        None => None,
-    };
+    // With host trust: a credential for the host's AK rides along with the nonce.
     let mut challenge = None;
     if host_trust.is_some() {
         let r = conn.request("GET", "/v1/host", b"", None)?;
         if r.status == 404 {
             bail!(
-                "the manager does not attest its host (it has no host TPM configured);                  trust it without --host-ca, or ask its operator"
+                "the manager does not attest its host (it has no host TPM configured); trust it \
+                 without host CAs and policy, or ask its operator"
             );
         }
         let keys: api::HostKeys = manager_client::json(&r)?;
@@ -189,40 +216,11 @@ fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
     let r = conn.request("POST", "/v1/evidence", &body, None)?;
     let ev: Evidence = manager_client::json(&r)?;
     let seen = hex::encode(conn.seen_spki);
-    let mut tee = manager_client::TeeTrust {
-        now: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs(),
-        ..Default::default()
-    };
-    if let Some(p) = &a.snp_vcek {
-        tee.snp_vcek = Some(std::fs::read(p).with_context(|| p.display().to_string())?);
-    }
-    tee.snp_measurements = hex_values(&a.snp_measurement, "--snp-measurement")?;
-    if let Some(p) = &a.dcap_collateral {
-        let text = read_file(p)?;
-        tee.dcap_collateral = Some(
-            manager_client::dcap::Collateral::from_json(&String::from_utf8_lossy(&text))
-                .with_context(|| p.display().to_string())?,
-        );
-    }
-    tee.dcap_accept = a.dcap_accept.clone();
-    tee.sgx_mrenclaves = hex_values(&a.sgx_mrenclave, "--sgx-mrenclave")?;
-    tee.sgx_mrsigners = hex_values(&a.sgx_mrsigner, "--sgx-mrsigner")?;
-    tee.tdx_mrtds = hex_values(&a.tdx_mrtd, "--tdx-mrtd")?;
-    for r in &a.tdx_rtmr {
-        let parsed = r.split_once('=').and_then(|(n, h)| {
-            let n: usize = n.parse().ok().filter(|n| *n < 4)?;
-            Some((n, <[u8; 48]>::try_from(hex::decode(h).ok()?).ok()?))
-        });
-        tee.tdx_rtmrs
-            .push(parsed.with_context(|| format!("--tdx-rtmr {r}: N=HEX, N 0–3, 96 hex digits"))?);
-    }
-    let tee_evidence = match manager_client::verify_evidence(&ev, &nonce, &seen, &tee) {
+    let tee_evidence = match manager_client::verify_evidence(&ev, &nonce, &seen, tee) {
         Ok(summary) => summary,
         Err(e) => bail!("the manager's evidence does not check out: {e}"),
     };
-    let host = match (&host_trust, &challenge) {
+    let host = match (host_trust, &challenge) {
         (Some(trust), Some((_, secret))) => {
             let Some(h) = &ev.host else {
                 bail!("the manager's evidence carries no host TPM evidence");
@@ -237,7 +235,7 @@ fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
         }
         _ => None,
     };
-    if ev.tee == "sim" && !a.allow_simulated {
+    if ev.tee == "sim" && !trusted.allow_simulated {
         eprintln!(
             "weles: the manager runs on the simulated TEE (`sim`): its evidence is consistent but no \
              hardware stands behind it, so it proves nothing about the platform or the manager's code. \
@@ -309,50 +307,6 @@ fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
         println!("  pinned in {}", path.display());
     }
     Ok(Outcome::Success)
-}
-
-/// Fixed-size hex values from repeated flags, naming the flag when one is not N bytes.
-fn hex_values<const N: usize>(values: &[String], flag: &str) -> anyhow::Result<Vec<[u8; N]>> {
-    values
-        .iter()
-        .map(|v| {
-            hex::decode(v)
-                .ok()
-                .and_then(|b| <[u8; N]>::try_from(b).ok())
-                .with_context(|| format!("{flag} {v}: {} hex digits", 2 * N))
-        })
-        .collect()
-}
-
-/// The tenant's host trust: the TPM makers' CAs and the host policy.
-fn host_trust(
-    cas: &[PathBuf],
-    intermediates: &[PathBuf],
-    policy: &std::path::Path,
-) -> anyhow::Result<host_verify::HostTrust> {
-    let certificates = |files: &[PathBuf]| -> anyhow::Result<Vec<Vec<u8>>> {
-        let mut all = Vec::new();
-        for f in files {
-            let bytes = std::fs::read(f).with_context(|| f.display().to_string())?;
-            all.extend(
-                weles_policy::ima_keys::pem_bodies(&bytes)
-                    .with_context(|| f.display().to_string())?,
-            );
-        }
-        Ok(all)
-    };
-    let ek_cas = certificates(cas)?;
-    let ek_intermediates = certificates(intermediates)?;
-    let text = std::fs::read(policy).with_context(|| policy.display().to_string())?;
-    let policy = weles_policy::Policy::load(&text, &policy.display().to_string())?;
-    Ok(host_verify::HostTrust {
-        ek_cas,
-        ek_intermediates,
-        policy,
-        now: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs(),
-    })
 }
 
 pub fn vm(cmd: VmCommand) -> anyhow::Result<Outcome> {

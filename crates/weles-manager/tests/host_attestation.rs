@@ -370,6 +370,32 @@ fn the_tenant_verifies_the_host_tpm_itself_and_refuses_every_lie() {
         &["--host-ca-intermediate", ca.to_str().unwrap()],
     );
     assert!(ok, "{out}{err}");
+    // The same trust in one reviewed file (paths relative to it), no flags.
+    std::fs::create_dir_all(dir.join("trust")).unwrap();
+    std::fs::copy(&root, dir.join("trust/maker-root.pem")).unwrap();
+    std::fs::copy(&ca, dir.join("trust/maker-intermediate.pem")).unwrap();
+    std::fs::copy(dir.join("host.toml"), dir.join("trust/host.toml")).unwrap();
+    std::fs::write(
+        dir.join("trust/weles-trust.toml"),
+        "allow_simulated = true\n[host]\nca = [\"maker-root.pem\"]\n\
+         intermediates = [\"maker-intermediate.pem\"]\npolicy = \"host.toml\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = weles(
+        &m,
+        &[
+            "manager",
+            "trust",
+            &m.url,
+            "--tenant",
+            "acme",
+            "--key",
+            "acme",
+            "--trust-config",
+            "trust/weles-trust.toml",
+        ],
+    );
+    assert!(ok && out.contains("host attested by its TPM"), "{out}{err}");
     // An intermediate is not a trust anchor: the intermediate offered with an unrelated root
     // (the EK certificate itself as "root" is not a CA's) does not make a path.
     std::fs::write(

@@ -295,7 +295,10 @@ fn a_tenant_checks_an_sgx_managers_dcap_quote_itself() {
     assert!(e.contains("the root CA CRL: expired at"), "{e}");
     // A malformed reference value is named.
     let e = m.refused_trust(&["--dcap-collateral", &collateral, "--sgx-mrenclave", "abcd"]);
-    assert!(e.contains("--sgx-mrenclave abcd: 64 hex digits"), "{e}");
+    assert!(
+        e.contains("MRENCLAVE (--sgx-mrenclave, [sgx] mrenclave): \"abcd\" is not 64 hex digits"),
+        "{e}"
+    );
 
     // The library the CLI uses, with a clock inside the collateral's life.
     let nonce = "22".repeat(32);
@@ -357,7 +360,10 @@ fn a_tenant_checks_a_tdx_managers_quote_itself() {
         "{e}"
     );
     let e = m.refused_trust(&["--dcap-collateral", &collateral, "--tdx-rtmr", "4=00"]);
-    assert!(e.contains("--tdx-rtmr 4=00: N=HEX, N 0–3"), "{e}");
+    assert!(
+        e.contains("RTMR 4=00 (--tdx-rtmr, [tdx] rtmr): N=HEX, N 0–3"),
+        "{e}"
+    );
 
     let nonce = "33".repeat(32);
     let (ev, seen) = m.evidence(&nonce);
