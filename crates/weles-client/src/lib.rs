@@ -491,10 +491,24 @@ fn verify_tsm_report(report: &str, expected_hex: &str, tee: &TeeTrust) -> anyhow
         Some("tdx_guest") => return verify_dcap(&outblob, expected_hex, tee, true),
         other => bail!("tsm report from provider {other:?}: refused"),
     }
-    let Some(vcek) = &tee.snp_vcek else {
+    // The VCEK: the tenant's own copy, else the one the host put into the certificate table
+    // (auxblob) — untrusted either way until AMD's chain verifies it.
+    let auxblob = match r["auxblob"].as_str() {
+        Some(b) => base64ct::Base64::decode_vec(b)
+            .map_err(|_| anyhow::anyhow!("tsm report: auxblob is not base64"))?,
+        None => Vec::new(),
+    };
+    let from_host = if auxblob.is_empty() {
+        None
+    } else {
+        weles_tee::snp::vcek_from_cert_table(&auxblob)
+            .map_err(|e| anyhow::anyhow!("the SEV-SNP report: {e}"))?
+    };
+    let Some(vcek) = tee.snp_vcek.as_deref().or(from_host) else {
         bail!(
-            "the manager runs in an SEV-SNP VM: give its chip's VCEK (--snp-vcek, from AMD's key \
-             server) and the measurements you accept (--snp-measurement)"
+            "the manager runs in an SEV-SNP VM and its host supplies no VCEK: give its chip's \
+             VCEK (--snp-vcek, from AMD's key server) and the measurements you accept \
+             (--snp-measurement)"
         );
     };
     let report = weles_tee::snp::verify(&outblob, vcek, tee.now)

@@ -40,6 +40,17 @@ struct FakeTsm {
 
 impl FakeTsm {
     fn start(root: &Path, provider: &'static str, outblob: Vec<u8>, extra_writes: u64) -> FakeTsm {
+        Self::start_with_aux(root, provider, outblob, None, extra_writes)
+    }
+
+    /// The same, with an `auxblob` (SEV-SNP: the host's certificate table).
+    fn start_with_aux(
+        root: &Path,
+        provider: &'static str,
+        outblob: Vec<u8>,
+        auxblob: Option<Vec<u8>>,
+        extra_writes: u64,
+    ) -> FakeTsm {
         let stop = Arc::new(AtomicBool::new(false));
         let inblobs = Arc::new(Mutex::new(Vec::new()));
         let (s, seen, root) = (stop.clone(), inblobs.clone(), root.to_path_buf());
@@ -69,6 +80,12 @@ impl FakeTsm {
                         *g += 1 + extra_writes;
                         put("provider", format!("{provider}\n").as_bytes());
                         put("generation", format!("{g}\n").as_bytes());
+                        if let Some(aux) = &auxblob {
+                            put("auxblob", aux);
+                        }
+                        if let Some(aux) = &auxblob {
+                            put("auxblob", aux);
+                        }
                         put("outblob", &outblob);
                     }
                 }
@@ -260,6 +277,30 @@ fn a_tenant_checks_a_tsm_managers_snp_report_itself() {
     // recorded for someone else's nonce (a replayed report), which is all recorded evidence
     // can be here.
     let e = m.refused_trust(&["--snp-vcek", &vcek, "--snp-measurement", measurement]);
+    assert!(e.contains("does not carry our report data"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_tsm_manager_whose_host_supplies_the_vcek_needs_no_vcek_from_the_tenant() {
+    let dir = temp("welesd-aux");
+    let root = dir.join("tsm");
+    std::fs::create_dir_all(&root).unwrap();
+    // The host's certificate table: the VCEK entry, the zero entry, the VCEK.
+    let vcek = std::fs::read(format!("{ROOT}/testdata/tee/snp-vcek-milan.der")).unwrap();
+    let mut table = hex::decode("63da758de6644564adc5f4b93be8accd").unwrap();
+    table.extend_from_slice(&48u32.to_le_bytes());
+    table.extend_from_slice(&(vcek.len() as u32).to_le_bytes());
+    table.extend_from_slice(&[0; 24]);
+    table.extend_from_slice(&vcek);
+    let _fake = FakeTsm::start_with_aux(&root, "sev_guest", snp_report(), Some(table), 0);
+    let m = TeeManager::start(&dir, "tsm", &root);
+    let measurement = "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f";
+    // No --snp-vcek: AMD's chain verifies the host's VCEK, the measurement is checked, and the
+    // recorded report is refused only for someone else's report data.
+    let e = m.refused_trust(&["--snp-measurement", &"00".repeat(48)]);
+    assert!(e.contains("launch measurement 7a1e5c26"), "{e}");
+    let e = m.refused_trust(&["--snp-measurement", measurement]);
     assert!(e.contains("does not carry our report data"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

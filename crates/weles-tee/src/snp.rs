@@ -203,7 +203,56 @@ pub fn verify(report: &[u8], vcek_der: &[u8], now: u64) -> Result<Report, SnpErr
     Ok(parsed)
 }
 
+/// The VCEK's GUID in an extended report's certificate table (GHCB spec, "SNP Extended Guest
+/// Request"), bytes in the order the UUID is written: 63da758d-e664-4564-adc5-f4b93be8accd.
+const VCEK_GUID: [u8; 16] = [
+    0x63, 0xda, 0x75, 0x8d, 0xe6, 0x64, 0x45, 0x64, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac, 0xcd,
+];
+/// A table names a handful of certificates (VCEK, ASK, ARK, VLEK…).
+const MAX_TABLE_ENTRIES: usize = 64;
+
+/// The VCEK (DER) the host put into an extended report's certificate table — configfs-tsm's
+/// `auxblob` on SEV-SNP: entries `{ guid [16], offset u32, length u32 }` (little-endian),
+/// ended by an all-zero entry, offsets from the table's start. `Ok(None)`: no VCEK in it. The
+/// host supplies this, so it is untrusted: [`verify`] checks the VCEK against AMD's chain like
+/// one the tenant fetched.
+pub fn vcek_from_cert_table(table: &[u8]) -> Result<Option<&[u8]>, SnpError> {
+    let bad = |why: String| SnpError::Certificate {
+        what: "the certificate table (auxblob)",
+        why,
+    };
+    for i in 0..MAX_TABLE_ENTRIES {
+        let at = i * 24;
+        let Some(entry) = table.get(at..at + 24) else {
+            return Err(bad(format!(
+                "entry {i} at byte {at} is cut short (no zero entry)"
+            )));
+        };
+        let guid = &entry[..16];
+        if guid.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        if guid != VCEK_GUID {
+            continue;
+        }
+        let offset = u32_at(entry, 16) as usize;
+        let length = u32_at(entry, 20) as usize;
+        return offset
+            .checked_add(length)
+            .and_then(|end| table.get(offset..end))
+            .map(Some)
+            .ok_or_else(|| {
+                bad(format!(
+                    "entry {i}: the VCEK at {offset}+{length} lies outside the {} bytes",
+                    table.len()
+                ))
+            });
+    }
+    Err(bad(format!("more than {MAX_TABLE_ENTRIES} entries")))
+}
+
 /// Fuzz entry point: parse anything, never panic.
 pub fn fuzz_parse(data: &[u8]) {
     let _ = Report::parse(data);
+    let _ = vcek_from_cert_table(data);
 }

@@ -84,3 +84,52 @@ fn tampered_reports_expired_certificates_and_foreign_chips_are_refused() {
         assert_eq!(snp::Report::parse(&b), Err(SnpError::Length(n)));
     }
 }
+
+/// A certificate table as the host hands it to the guest: VCEK, then an ASK entry, then the
+/// zero entry, then the certificates.
+fn cert_table(vcek: &[u8]) -> Vec<u8> {
+    let vcek_guid = hex::decode("63da758de6644564adc5f4b93be8accd").unwrap();
+    let ask_guid = hex::decode("4ab7b379bbac4fe4a02f05aef327c782").unwrap();
+    let header = 3 * 24;
+    let mut t = Vec::new();
+    for (guid, offset, len) in [
+        (&ask_guid, header + vcek.len(), 4usize),
+        (&vcek_guid, header, vcek.len()),
+    ] {
+        t.extend_from_slice(guid);
+        t.extend_from_slice(&(offset as u32).to_le_bytes());
+        t.extend_from_slice(&(len as u32).to_le_bytes());
+    }
+    t.extend_from_slice(&[0; 24]);
+    t.extend_from_slice(vcek);
+    t.extend_from_slice(b"ASK!");
+    t
+}
+
+#[test]
+fn the_vcek_comes_from_the_hosts_certificate_table() {
+    let (report, vcek) = sample();
+    let table = cert_table(&vcek);
+    let found = snp::vcek_from_cert_table(&table).unwrap().unwrap();
+    assert_eq!(found, vcek.as_slice());
+    snp::verify(&report, found, NOW).unwrap();
+    // No VCEK entry.
+    assert_eq!(snp::vcek_from_cert_table(&[0; 24]), Ok(None));
+    // Cut short, or pointing outside the table: named, never a panic.
+    for n in 0..table.len() {
+        let _ = snp::vcek_from_cert_table(&table[..n]);
+    }
+    let e = snp::vcek_from_cert_table(&table[..30])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("entry 1 at byte 24 is cut short"), "{e}");
+    let e = snp::vcek_from_cert_table(&table[..100])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("lies outside"), "{e}");
+    // A table whose "VCEK" is another certificate is caught by AMD's chain, not trusted.
+    let mut forged = table.clone();
+    forged[3 * 24 + 200] ^= 1;
+    let other = snp::vcek_from_cert_table(&forged).unwrap().unwrap();
+    assert!(snp::verify(&report, other, NOW).is_err());
+}
