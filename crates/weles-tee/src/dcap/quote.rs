@@ -1,6 +1,7 @@
 //! The DCAP quote's byte layout (Intel SGX ECDSA Quote Library API, appendix "Quote Format";
 //! Intel TDX DCAP Quote Generation Library, "TD Quote Format"): version 3 (SGX enclaves),
-//! version 4 (TDs) and version 5 (TDs, with a body descriptor). All little-endian.
+//! version 4 (enclaves or TDs) and version 5 (either, with a body descriptor). All
+//! little-endian.
 //!
 //! ```text
 //! header (48)  version u16 | att_key_type u16 (2: ECDSA P-256) | tee_type u32 (0 SGX, 0x81 TDX)
@@ -211,7 +212,7 @@ pub fn parse(bytes: &[u8]) -> Result<Quote<'_>, DcapError> {
         ));
     }
     let body_len = match (version, tee_type) {
-        (3, TEE_SGX) => REPORT_BODY_LEN,
+        (3 | 4, TEE_SGX) => REPORT_BODY_LEN,
         (4, TEE_TDX) => TD10_LEN,
         (5, TEE_SGX | TEE_TDX) => {
             let at = r.at;
@@ -241,7 +242,7 @@ pub fn parse(bytes: &[u8]) -> Result<Quote<'_>, DcapError> {
                 0,
                 "header.version",
                 format!(
-                    "version {version} with TEE type {tee_type:#x} (expected 3 SGX, 4 or 5 TDX)"
+                    "version {version} with TEE type {tee_type:#x} (expected 3, 4 or 5 for SGX; 4 or 5 for TDX)"
                 ),
             ));
         }

@@ -57,9 +57,9 @@ pub(crate) fn platform(
             info.id
         )));
     }
-    if info.version < 2 || (td.is_some() && info.version < 3) {
+    if info.version != 3 {
         return Err(wrong(format!(
-            "version {} is too old for this quote",
+            "version {}: only version 3 (Intel PCS API v4) is read",
             info.version
         )));
     }
