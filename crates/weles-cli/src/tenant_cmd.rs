@@ -286,8 +286,9 @@ fn trust(a: TrustArgs) -> anyhow::Result<Outcome> {
         println!("  TEE evidence: {tee_evidence}");
         match &host {
             Some(h) => println!(
-                "  host attested by its TPM: EK certificate sha256 {}, AK sha256 {} (bound \
+                "  host attested by its TPM: EK {}, certificate sha256 {}, AK sha256 {} (bound \
                  into the report data), banks {}, {}, {} IMA entries comply, reference PCRs {:?}",
+                h.ek_kind,
                 h.ek_certificate_sha256,
                 h.ak_sha256,
                 h.banks.join(", "),

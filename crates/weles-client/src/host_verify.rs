@@ -26,7 +26,7 @@ use weles_policy::Policy;
 use weles_policy::ima_keys::TrustedKey;
 use weles_proto::api::{HostEvidence, HostKeys, host_qualifying_data};
 use weles_tpm::attest::{Quote, is_attestation_key, pcr_digest, verify_signature};
-use weles_tpm::credential::RsaEkPublic;
+use weles_tpm::credential::EkPublic;
 use weles_tpm::event_log::{ALG_SHA1, EventLog, event_type_name};
 use weles_tpm::public::EccPublic;
 use x509_cert::der::{Decode, Encode};
@@ -49,6 +49,8 @@ pub struct HostTrust {
 pub struct HostVerdict {
     /// SHA-256 of the EK certificate, hex (to pin).
     pub ek_certificate_sha256: String,
+    /// The EK's kind: "RSA 2048 (template L-1)" or "ECC P-256 (template L-2)".
+    pub ek_kind: &'static str,
     /// SHA-256 of the AK's TPMT_PUBLIC, hex (what the TEE report binds).
     pub ak_sha256: String,
     /// Entries of the host IMA log verified up to the quoted PCR 10.
@@ -79,7 +81,7 @@ fn unhex(what: &str, s: &str) -> Result<Vec<u8>, HostRefused> {
 pub fn make_challenge(
     keys: &HostKeys,
 ) -> Result<(weles_proto::api::Credential, [u8; 32]), HostRefused> {
-    let ek = RsaEkPublic::parse(&unhex("ek_public", &keys.ek_public)?)
+    let ek = EkPublic::parse(&unhex("ek_public", &keys.ek_public)?)
         .map_err(|e| HostRefused(format!("the EK public area: {e}")))?;
     let ak = EccPublic::parse(&unhex("ak_public", &keys.ak_public)?)
         .map_err(|e| HostRefused(format!("the AK public area: {e}")))?;
@@ -107,8 +109,8 @@ pub fn verify(
 ) -> Result<HostVerdict, HostRefused> {
     // 1. The EK and its certificate.
     let ek_public = unhex("ek_public", &host.keys.ek_public)?;
-    let ek = RsaEkPublic::parse(&ek_public)
-        .map_err(|e| HostRefused(format!("the EK public area: {e}")))?;
+    let ek =
+        EkPublic::parse(&ek_public).map_err(|e| HostRefused(format!("the EK public area: {e}")))?;
     let cert_der = unhex("ek_certificate", &host.keys.ek_certificate)?;
     let mut intermediates = trust.ek_intermediates.clone();
     for c in &host.keys.ek_chain {
@@ -254,6 +256,7 @@ pub fn verify(
     }
     Ok(HostVerdict {
         ek_certificate_sha256: hex::encode(sha2::Sha256::digest(&cert_der)),
+        ek_kind: ek.kind(),
         ak_sha256: weles_proto::api::ak_sha256(&ak_public),
         ima_entries: entries,
         reference_pcrs,
@@ -409,7 +412,7 @@ fn chains_to_ca(
 
 fn check_ek_certificate(
     der: &[u8],
-    ek: &RsaEkPublic,
+    ek: &EkPublic,
     trust: &HostTrust,
     intermediates: &[Vec<u8>],
 ) -> Result<(), HostRefused> {
@@ -428,20 +431,15 @@ fn check_ek_certificate(
         return refuse("the EK certificate is not valid now");
     }
     // The certificate's key is exactly the EK's.
-    let n = rsa::BoxedUint::from_be_slice(&ek.modulus, 2048)
-        .map_err(|e| HostRefused(format!("the EK modulus: {e}")))?;
-    let e = rsa::BoxedUint::from(u64::from(ek.exponent_value()));
-    let ek_key = rsa::PublicKey::new(n, e).map_err(|e| HostRefused(format!("the EK: {e}")))?;
-    use rsa::pkcs8::EncodePublicKey;
-    let ek_spki = ek_key
-        .to_public_key_der()
+    let ek_spki = ek
+        .spki_der()
         .map_err(|e| HostRefused(format!("the EK: {e}")))?;
     let cert_spki = cert
         .tbs_certificate()
         .subject_public_key_info()
         .to_der()
         .map_err(|e| HostRefused(format!("the EK certificate: {e}")))?;
-    if ek_spki.as_bytes() != cert_spki.as_slice() {
+    if ek_spki != cert_spki {
         return refuse("the EK certificate certifies another key than the host's EK");
     }
     Ok(())

@@ -133,9 +133,10 @@ impl HostAttestor {
                 "ReadPublic(EK)",
             )
             .and_then(|r| a.parse(cmd::parse_read_public(&r), "ReadPublic(EK)"))?;
-        weles_tpm::credential::RsaEkPublic::parse(&ek_public).map_err(|e| {
+        weles_tpm::credential::EkPublic::parse(&ek_public).map_err(|e| {
             a.err(format!(
-                "the key at {:#010x} is not an RSA-2048 EK (template L-1): {e}",
+                "the key at {:#010x} is not an EK of template L-1 (RSA 2048) or L-2 (ECC \
+                 P-256): {e}",
                 cfg.ek_handle
             ))
         })?;

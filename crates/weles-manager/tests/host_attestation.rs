@@ -880,3 +880,174 @@ fn a_uefi_event_log_replays_to_the_host_quote_in_both_banks_and_meets_reference_
     drop(m);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// tpm2-tools against the swtpm that plays the host TPM.
+fn tpm2(tpm: &HostTpm, dir: &Path, args: &[&str]) -> Vec<u8> {
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .env("TPM2TOOLS_TCTI", format!("swtpm:port={}", tpm.port))
+        .current_dir(dir)
+        .output()
+        .expect("tpm2-tools is installed");
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+#[test]
+fn a_host_with_an_ecc_ek_is_attested_through_ecdh_credential_activation() {
+    let dir = std::env::temp_dir().join(format!("weles-host-ecc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tpm = host_tpm(&dir.join("host1"));
+    // The TPM maker's part: an ECC P-256 EK (template L-2, tpm2_createek) at 0x81010002 and its
+    // certificate, issued by the same local CA as the RSA EK's, at NV 0x01c0000a.
+    tpm2(
+        &tpm,
+        &dir,
+        &[
+            "tpm2_createek",
+            "-G",
+            "ecc",
+            "-c",
+            "0x81010002",
+            "-u",
+            "ek.pem",
+            "-f",
+            "pem",
+        ],
+    );
+    let ca_dir = &tpm.ca;
+    let o = Command::new("openssl")
+        .args([
+            "x509",
+            "-new",
+            "-force_pubkey",
+            "ek.pem",
+            "-subj",
+            "/CN=weles test ECC EK",
+        ])
+        .arg("-CA")
+        .arg(ca_dir.join("issuercert.pem"))
+        .arg("-CAkey")
+        .arg(ca_dir.join("signkey.pem"))
+        .args(["-days", "30", "-outform", "der", "-out", "ek-ecc.der"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let size = std::fs::metadata(dir.join("ek-ecc.der"))
+        .unwrap()
+        .len()
+        .to_string();
+    tpm2(
+        &tpm,
+        &dir,
+        &[
+            "tpm2_nvdefine",
+            "0x01c0000a",
+            "-C",
+            "o",
+            "-s",
+            &size,
+            "-a",
+            "ownerread|ownerwrite|authread|authwrite",
+        ],
+    );
+    tpm2(
+        &tpm,
+        &dir,
+        &["tpm2_nvwrite", "0x01c0000a", "-C", "o", "-i", "ek-ecc.der"],
+    );
+    let log = dir.join("host-ima.bin");
+    measure_host(&tpm, &log, 8);
+    let m = start_welesd_with(
+        &dir,
+        &tpm,
+        &log,
+        "ek_handle = 0x81010002\nek_certificate_index = 0x01c0000a\n",
+    );
+    let ca = tpm.ca.join("issuercert.pem");
+    let (ok, _, err) = weles(
+        &m,
+        &[
+            "policy",
+            "generate",
+            "--from-log",
+            log.to_str().unwrap(),
+            "-o",
+            "host.toml",
+        ],
+    );
+    assert!(ok, "{err}");
+
+    // The CLI: the credential is sealed to the ECC EK by ECDH; only this TPM could open it.
+    let (ok, out, err) = trust(&m, &ca, "host.toml");
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("EK ECC P-256 (template L-2)"), "{out}");
+
+    // The library, against a manager that lies.
+    let policy =
+        weles_policy::Policy::load(&std::fs::read(dir.join("host.toml")).unwrap(), "host.toml")
+            .unwrap();
+    let trust_cfg = HostTrust {
+        ek_cas: vec![der_of(&ca)],
+        ek_intermediates: Vec::new(),
+        policy,
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    };
+    let keys = host_keys(&m);
+    let nonce = "55".repeat(32);
+    let (cred, secret) = host_verify::make_challenge(&keys).unwrap();
+    let (ev, _) = evidence(&m, &nonce, Some(cred));
+    let host = ev.host.clone().unwrap();
+    let verdict = host_verify::verify(&host, &nonce, &ev.manager_key, &secret, &trust_cfg).unwrap();
+    assert_eq!(verdict.ek_kind, "ECC P-256 (template L-2)");
+    // The RSA EK's certificate (same CA, same TPM) offered for the ECC EK: another key.
+    let rsa_cert = tpm2(&tpm, &dir, &["tpm2_nvread", "0x01c00002", "-C", "o"]);
+    let mut lie = host.clone();
+    lie.keys.ek_certificate = hex::encode(&rsa_cert);
+    let e = host_verify::verify(&lie, &nonce, &ev.manager_key, &secret, &trust_cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("certifies another key than the host's EK"),
+        "{e}"
+    );
+    // A credential sealed to another P-256 key (a software key's point in the EK's public
+    // area): it makes a valid credential, but this TPM cannot open it — no evidence.
+    let o = Command::new("sh")
+        .args([
+            "-c",
+            "openssl ecparam -name prime256v1 -genkey -noout | openssl ec -pubout -outform DER",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let point = &o.stdout[o.stdout.len() - 64..];
+    let mut public = hex::decode(&keys.ek_public).unwrap();
+    let n = public.len();
+    public[n - 66..n - 34].copy_from_slice(&point[..32]);
+    public[n - 32..].copy_from_slice(&point[32..]);
+    let mut other = keys.clone();
+    other.ek_public = hex::encode(&public);
+    let (cred, _) = host_verify::make_challenge(&other).unwrap();
+    let mut conn = weles_client::Connection::open(&m.url, None).unwrap();
+    let body = serde_json::to_vec(&EvidenceRequest {
+        nonce: nonce.clone(),
+        credential: Some(cred),
+    })
+    .unwrap();
+    let r = conn.request("POST", "/v1/evidence", &body, None).unwrap();
+    let text = String::from_utf8_lossy(&r.body);
+    assert_ne!(r.status, 200, "{text}");
+    assert!(text.contains("ActivateCredential"), "{text}");
+    drop(m);
+    let _ = std::fs::remove_dir_all(&dir);
+}
