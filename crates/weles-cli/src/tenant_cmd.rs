@@ -485,14 +485,20 @@ pub fn push(a: PushArgs) -> anyhow::Result<Outcome> {
 
 #[derive(Subcommand)]
 pub enum WebhookCommand {
-    /// Have the manager POST your VMs' events to URL (http://HOST:PORT/PATH), signed with
+    /// Have the manager POST your VMs' events to URL (http(s)://HOST[:PORT]/PATH), signed with
     /// HMAC-SHA256 under a secret you choose: header `X-Weles-Signature: sha256=<hex>`, event
     /// number in `X-Weles-Event`. Events from now on; each until your receiver answers 2xx.
+    /// An https:// receiver must present a certificate for HOST that chains to --ca, or to the
+    /// manager host's system roots.
     Set {
         url: String,
         /// A file holding the secret, hex, at least 16 bytes (`openssl rand -hex 32 > F`).
         #[arg(long)]
         secret_file: PathBuf,
+        /// The CA certificate (PEM) that issued your https:// receiver's certificate: then only
+        /// it is trusted for deliveries.
+        #[arg(long, value_name = "PEM")]
+        ca: Option<PathBuf>,
     },
     /// The webhook and how deliveries are going.
     Show {
@@ -505,11 +511,19 @@ pub enum WebhookCommand {
 pub fn webhook(cmd: WebhookCommand) -> anyhow::Result<Outcome> {
     let (_t, mut conn, signer) = connect()?;
     match cmd {
-        WebhookCommand::Set { url, secret_file } => {
+        WebhookCommand::Set {
+            url,
+            secret_file,
+            ca,
+        } => {
             let secret = String::from_utf8_lossy(&read_file(&secret_file)?)
                 .trim()
                 .to_owned();
-            let body = serde_json::to_vec(&api::WebhookSet { url, secret })?;
+            let ca = match ca {
+                Some(p) => Some(String::from_utf8_lossy(&read_file(&p)?).into_owned()),
+                None => None,
+            };
+            let body = serde_json::to_vec(&api::WebhookSet { url, secret, ca })?;
             let r = conn.request("PUT", "/v1/webhook", &body, Some(&signer))?;
             let s: api::DeliveryState = manager_client::json(&r)?;
             println!(

@@ -696,13 +696,26 @@ impl Manager {
         tenant: &str,
         url: &str,
         secret: &str,
+        ca: Option<&str>,
     ) -> Result<DeliveryState, ManagerError> {
-        crate::webhook::parse_url(url).map_err(ManagerError::Invalid)?;
+        let target = crate::webhook::parse_url(url).map_err(ManagerError::Invalid)?;
         crate::webhook::check_secret(secret).map_err(ManagerError::Invalid)?;
+        match (target.tls, ca) {
+            (true, Some(pem)) => {
+                crate::webhook::roots(Some(pem)).map_err(ManagerError::Invalid)?;
+            }
+            (false, Some(_)) => {
+                return Err(ManagerError::Invalid(format!(
+                    "{url}: a CA is for https:// receivers"
+                )));
+            }
+            _ => {}
+        }
         let hook = Webhook {
             url: url.to_owned(),
             secret: secret.to_owned(),
             delivered: self.audit.last_seq(),
+            ca: ca.map(str::to_owned),
         };
         self.with_store(|s| {
             s.update(|r: &mut Registry| {

@@ -197,7 +197,7 @@ impl TenantApi {
                         .map_err(|e| refuse(400, "bad_request", format!("body: {e}")))
                         .and_then(|w| {
                             self.mgr
-                                .set_webhook(&tenant, &w.url, &w.secret)
+                                .set_webhook(&tenant, &w.url, &w.secret, w.ca.as_deref())
                                 .map_err(Refusal::from)
                         })
                         .and_then(|s| json(&s)),

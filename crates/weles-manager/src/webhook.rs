@@ -6,8 +6,11 @@
 //! `sha256=` + HMAC-SHA256(secret, body) in hex. The cursor (the last number accepted) is sealed
 //! in the store after each delivery, so a restarted manager skips none and repeats none whose
 //! acceptance it had sealed; a manager killed between the receiver's 2xx and that seal sends
-//! the one event again under the same number (at least once, never out of order). Only `http://` URLs are delivered today (a relay on the
-//! tenant's side can forward to HTTPS).
+//! the one event again under the same number (at least once, never out of order).
+//!
+//! `https://` receivers are reached over TLS (1.2 or 1.3, rustls) and must present a certificate
+//! for the URL's host that chains to the tenant's CA (`ca`, when the tenant gave one: then only
+//! it) or to the manager host's system roots (`/etc/ssl/certs/ca-certificates.crt`).
 
 use std::io::BufReader;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -28,6 +31,10 @@ pub struct Webhook {
     pub secret: String,
     /// The last event number the receiver accepted.
     pub delivered: u64,
+    /// For `https://`: the CA certificate(s), PEM, the receiver's certificate must chain to
+    /// (none: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 pub use weles_proto::api::DeliveryState;
@@ -38,26 +45,101 @@ impl std::fmt::Debug for Webhook {
             .field("url", &self.url)
             .field("secret", &"<redacted>")
             .field("delivered", &self.delivered)
+            .field("ca", &self.ca.is_some())
             .finish()
     }
 }
 
-/// `http://host:port/path` → (`host:port`, path).
-pub fn parse_url(url: &str) -> Result<(String, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("{url}: only http:// webhooks are delivered (use a relay for https)")
-    })?;
+/// Where a webhook goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub tls: bool,
+    /// The host as the URL names it (a DNS name or an IP address, without brackets).
+    pub host: String,
+    pub port: u16,
+    /// `host:port` as the Host header and the connection want it.
+    pub authority: String,
+    pub path: String,
+}
+
+/// `http://HOST[:PORT]/PATH` or `https://HOST[:PORT]/PATH` (ports 80 and 443 by default; IPv6
+/// hosts in brackets).
+pub fn parse_url(url: &str) -> Result<Target, String> {
+    let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(r), _) => (true, r),
+        (None, Some(r)) => (false, r),
+        _ => return Err(format!("{url}: expected http:// or https://")),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    if authority.is_empty() || !authority.contains(':') {
-        return Err(format!("{url}: expected http://HOST:PORT/PATH"));
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{url}: an IPv6 host needs its closing ]"))?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{url}: {p:?} is not a port"))?,
+        None if tls => 443,
+        None => 80,
+    };
+    if host.is_empty() || host.bytes().any(|b| b <= b' ' || b >= 0x7f || b == b'@') {
+        return Err(format!("{url}: expected http(s)://HOST[:PORT]/PATH"));
     }
     if path.bytes().any(|b| b <= b' ' || b >= 0x7f) {
         return Err(format!("{url}: the path has spaces or control characters"));
     }
-    Ok((authority.to_owned(), path.to_owned()))
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok(Target {
+        tls,
+        host: host.to_owned(),
+        port,
+        authority,
+        path: path.to_owned(),
+    })
+}
+
+/// Where the manager host's CA bundle is (Debian's `ca-certificates`).
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The roots an `https://` receiver's certificate must chain to: the tenant's CA, else the
+/// system's. Errors name what is missing or malformed.
+pub fn roots(ca: Option<&str>) -> Result<rustls::RootCertStore, String> {
+    let (what, pem) = match ca {
+        Some(pem) => ("the webhook's CA".to_owned(), pem.as_bytes().to_vec()),
+        None => (
+            SYSTEM_ROOTS.to_owned(),
+            std::fs::read(SYSTEM_ROOTS).map_err(|e| {
+                format!("{SYSTEM_ROOTS}: {e} (install ca-certificates, or give the receiver's CA)")
+            })?,
+        ),
+    };
+    let mut store = rustls::RootCertStore::empty();
+    let ders = weles_policy::ima_keys::pem_bodies(&pem).map_err(|e| format!("{what}: {e}"))?;
+    let (added, _) = store.add_parsable_certificates(
+        ders.into_iter()
+            .map(rustls::pki_types::CertificateDer::from),
+    );
+    if added == 0 {
+        return Err(format!("{what}: no usable CA certificate"));
+    }
+    Ok(store)
 }
 
 /// Checks a tenant-chosen secret: hex, at least 16 bytes.
@@ -80,32 +162,62 @@ pub fn signature(secret_hex: &str, body: &[u8]) -> String {
 }
 
 /// One POST; Ok when the receiver answered 2xx.
-fn post(url: &str, seq: u64, secret: &str, body: &[u8]) -> Result<(), String> {
-    let (authority, path) = parse_url(url)?;
-    let addr = authority
+fn post(hook: &Webhook, seq: u64, body: &[u8]) -> Result<(), String> {
+    let t = parse_url(&hook.url)?;
+    let addr = (t.host.as_str(), t.port)
         .to_socket_addrs()
-        .map_err(|e| format!("{authority}: {e}"))?
+        .map_err(|e| format!("{}: {e}", t.authority))?
         .next()
-        .ok_or_else(|| format!("{authority}: no address"))?;
+        .ok_or_else(|| format!("{}: no address", t.authority))?;
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
-    let mut w = s.try_clone().map_err(|e| e.to_string())?;
     let headers = vec![
         ("Content-Type".to_owned(), "application/json".to_owned()),
         ("X-Weles-Event".to_owned(), seq.to_string()),
-        ("X-Weles-Signature".to_owned(), signature(secret, body)),
+        (
+            "X-Weles-Signature".to_owned(),
+            signature(&hook.secret, body),
+        ),
         ("Connection".to_owned(), "close".to_owned()),
     ];
-    weles_proto::http::write_request(&mut w, "POST", &authority, &path, &headers, body)
-        .map_err(|e| e.to_string())?;
-    let (status, _) = weles_proto::http::read_response_head(&mut BufReader::new(s))
-        .map_err(|e| format!("response: {e}"))?;
+    let status = if t.tls {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots(hook.ca.as_deref())?)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(t.host.clone())
+            .map_err(|e| format!("{}: {e}", t.host))?;
+        let conn = rustls::ClientConnection::new(Arc::new(config), name)
+            .map_err(|e| format!("TLS: {e}"))?;
+        let mut tls = rustls::StreamOwned::new(conn, s);
+        exchange(&mut tls, &t, &headers, body)?
+    } else {
+        let mut plain = s;
+        exchange(&mut plain, &t, &headers, body)?
+    };
     if (200..300).contains(&status) {
         Ok(())
     } else {
         Err(format!("the receiver answered {status}"))
     }
+}
+
+/// Writes the request and reads the response's status.
+fn exchange<S: std::io::Read + std::io::Write>(
+    stream: &mut S,
+    t: &Target,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<u16, String> {
+    weles_proto::http::write_request(stream, "POST", &t.authority, &t.path, headers, body)
+        .map_err(|e| e.to_string())?;
+    stream.flush().map_err(|e| e.to_string())?;
+    let (status, _) = weles_proto::http::read_response_head(&mut BufReader::new(stream))
+        .map_err(|e| format!("response: {e}"))?;
+    Ok(status)
 }
 
 /// Delivers one tenant's events until stopped.
@@ -168,7 +280,7 @@ fn run(
         drop(m);
         let seq = event["seq"].as_u64().unwrap_or(delivered + 1);
         let body = serde_json::to_vec(&event).unwrap_or_default();
-        match post(&hook.url, seq, &hook.secret, &body) {
+        match post(hook, seq, &body) {
             Ok(()) => {
                 delivered = seq;
                 attempts = 0;
@@ -211,22 +323,152 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn urls_and_signatures() {
+        let t = parse_url("http://127.0.0.1:9000/hooks/weles").unwrap();
         assert_eq!(
-            parse_url("http://127.0.0.1:9000/hooks/weles").unwrap(),
-            ("127.0.0.1:9000".into(), "/hooks/weles".into())
+            (t.tls, t.authority.as_str(), t.path.as_str()),
+            (false, "127.0.0.1:9000", "/hooks/weles")
         );
-        assert_eq!(parse_url("http://h:1").unwrap().1, "/");
-        assert!(parse_url("https://h:1/").unwrap_err().contains("relay"));
-        assert!(parse_url("http://nohost/").is_err());
+        assert_eq!(parse_url("http://h:1").unwrap().path, "/");
+        let t = parse_url("https://hooks.example.com/weles").unwrap();
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port),
+            (true, "hooks.example.com", 443)
+        );
+        assert_eq!(parse_url("http://h/").unwrap().port, 80);
+        let t = parse_url("https://[::1]:8443/x").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.authority.as_str()),
+            ("::1", "[::1]:8443")
+        );
+        assert!(parse_url("ftp://h:1/").is_err());
+        assert!(parse_url("http:///x").is_err());
+        assert!(parse_url("http://h:0/").is_err());
+        assert!(parse_url("http://h:99999/").is_err());
+        assert!(parse_url("http://user@h:1/").is_err());
         assert!(parse_url("http://h:1/a b").is_err());
+        assert!(parse_url("https://[::1/").is_err());
         // RFC 4231 test case 2.
         let key = hex::encode(b"Jefe");
         assert_eq!(
             signature(&key, b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    /// A CA, and a receiver certificate for 127.0.0.1 it issued: (CA PEM, leaf DER, leaf key
+    /// PKCS#8 DER).
+    fn receiver_pki() -> (String, Vec<u8>, Vec<u8>) {
+        use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+        use std::str::FromStr;
+        use weles_vtpm::manufacture::{Profile, issue, new_ca, new_p256_key, p256_spki};
+        use x509_cert::der::{Encode, asn1::OctetString};
+        use x509_cert::ext::pkix::name::GeneralName;
+        use x509_cert::ext::pkix::{KeyUsage, KeyUsages, SubjectAltName};
+        use x509_cert::ext::{ToExtension, pkix::ExtendedKeyUsage};
+        let (ca_key, ca_pem) = new_ca("webhook test CA").unwrap();
+        let ca_key = p256::ecdsa::SigningKey::from_pkcs8_pem(&ca_key).unwrap();
+        let ca_cert = x509_cert::Certificate::load_pem_chain(ca_pem.as_bytes()).unwrap();
+        let issuer = ca_cert[0].tbs_certificate().subject().clone();
+        let subject = x509_cert::name::Name::from_str("CN=receiver").unwrap();
+        let san = SubjectAltName(vec![GeneralName::IpAddress(
+            OctetString::new(vec![127, 0, 0, 1]).unwrap(),
+        )])
+        .to_extension(&subject, &[])
+        .unwrap();
+        let eku = ExtendedKeyUsage(vec![x509_cert::der::oid::db::rfc5280::ID_KP_SERVER_AUTH])
+            .to_extension(&subject, &[])
+            .unwrap();
+        let key = new_p256_key().unwrap();
+        let profile = Profile {
+            issuer,
+            subject,
+            ca: false,
+            key_usage: KeyUsage(KeyUsages::DigitalSignature.into()),
+            extra: vec![san, eku],
+        };
+        let leaf = issue(profile, p256_spki(&key).unwrap(), &ca_key, 1).unwrap();
+        let key_der = key.to_pkcs8_der().unwrap().as_bytes().to_vec();
+        (ca_pem, leaf.to_der().unwrap(), key_der)
+    }
+
+    /// An HTTPS receiver on loopback answering 204 once; returns its port and what it got.
+    fn https_receiver(
+        cert: Vec<u8>,
+        key: Vec<u8>,
+    ) -> (
+        u16,
+        std::thread::JoinHandle<Option<weles_proto::http::Request>>,
+    ) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![rustls::pki_types::CertificateDer::from(cert)],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+            )
+            .unwrap();
+        let t = std::thread::spawn(move || {
+            let (tcp, _) = l.accept().ok()?;
+            let conn = rustls::ServerConnection::new(Arc::new(config)).ok()?;
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            let req = weles_proto::http::read_request(&mut BufReader::new(&mut s)).ok()??;
+            weles_proto::http::write_response(&mut s, 204, "text/plain", b"").ok()?;
+            let _ = s.flush();
+            Some(req)
+        });
+        (port, t)
+    }
+
+    #[test]
+    fn https_receivers_are_verified_against_the_tenants_ca() {
+        let (ca_pem, cert, key) = receiver_pki();
+        let (port, receiver) = https_receiver(cert.clone(), key.clone());
+        let hook = Webhook {
+            url: format!("https://127.0.0.1:{port}/hooks/weles"),
+            secret: hex::encode([7u8; 16]),
+            delivered: 0,
+            ca: Some(ca_pem),
+        };
+        post(&hook, 41, b"{\"seq\":41}").unwrap();
+        let req = receiver.join().unwrap().unwrap();
+        assert_eq!(
+            (req.method.as_str(), req.path.as_str()),
+            ("POST", "/hooks/weles")
+        );
+        assert_eq!(req.header("x-weles-event"), Some("41"));
+        assert_eq!(
+            req.header("x-weles-signature").map(str::to_owned),
+            Some(signature(&hook.secret, b"{\"seq\":41}"))
+        );
+        // Another CA: the handshake fails, nothing is delivered.
+        let (other_ca, _, _) = receiver_pki();
+        let (port, receiver) = https_receiver(cert.clone(), key.clone());
+        let wrong = Webhook {
+            url: format!("https://127.0.0.1:{port}/hooks/weles"),
+            ca: Some(other_ca),
+            ..hook.clone()
+        };
+        let e = post(&wrong, 42, b"{}").unwrap_err();
+        assert!(e.contains("certificate"), "{e}");
+        assert!(receiver.join().unwrap().is_none());
+        // The right CA, the wrong name (the certificate is for 127.0.0.1, not localhost).
+        let (port, receiver) = https_receiver(cert, key);
+        let misnamed = Webhook {
+            url: format!("https://localhost:{port}/hooks/weles"),
+            ..hook.clone()
+        };
+        let e = post(&misnamed, 43, b"{}").unwrap_err();
+        assert!(e.contains("certificate"), "{e}");
+        assert!(receiver.join().unwrap().is_none());
+        // A CA that is not a certificate is refused before any connection.
+        assert!(roots(Some("not a certificate")).is_err());
     }
 }

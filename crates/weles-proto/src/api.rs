@@ -234,10 +234,14 @@ pub struct ApiError {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSet {
-    /// `http://HOST:PORT/PATH`.
+    /// `http://HOST[:PORT]/PATH` or `https://HOST[:PORT]/PATH`.
     pub url: String,
     /// The HMAC-SHA256 key, hex, at least 16 bytes.
     pub secret: String,
+    /// For `https://`: the CA certificate(s), PEM, that issued the receiver's certificate —
+    /// then only they are trusted; absent: the manager host's system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 /// How a tenant's webhook deliveries are going (`GET /v1/webhook`).
