@@ -10,9 +10,13 @@
 //! A record is written (and fsynced) before the notice it carries is published anywhere: what a
 //! tenant or webhook saw is on disk, and a crash before the write means the notice never
 //! happened — the restarted monitor makes it again, once.
+//!
+//! Reads (a tenant's event history, the webhook's next event) go through an in-memory index —
+//! each record's byte offset, and each tenant's record numbers — built when the log is opened
+//! and extended on append, so they cost what they return, not the log's length.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -49,6 +53,11 @@ struct Tail {
     file: File,
     seq: u64,
     hash: String,
+    /// Byte offset of record `n` at index `n - 1`, and the log's length.
+    offsets: Vec<u64>,
+    len: u64,
+    /// Each tenant's record numbers, ascending.
+    by_tenant: std::collections::HashMap<String, Vec<u64>>,
 }
 
 /// Each tenant's audit key.
@@ -101,6 +110,7 @@ impl AuditLog {
         };
         let public = key.public_key().clone();
         let mut checkpoints = Checkpoints::new();
+        let mut by_tenant = std::collections::HashMap::<String, Vec<u64>>::new();
         let (mut seq, mut hash, mut good_len) = (0u64, GENESIS.to_owned(), 0u64);
         if let Ok(f) = File::open(path) {
             let v = weles_proto::audit::check_log(
@@ -108,6 +118,9 @@ impl AuditLog {
                 true,
                 signature_check(&public),
                 |rec| {
+                    if let Some(t) = &rec.tenant {
+                        by_tenant.entry(t.clone()).or_default().push(rec.seq);
+                    }
                     let key = rec.tenant.as_ref().and_then(|t| tenant_keys.get(t));
                     if let Ok(Some(body)) = rec.open(key.map(|k| &**k))
                         && let (Some(vm), Some(cp)) = (body.vm, body.checkpoint)
@@ -131,11 +144,41 @@ impl AuditLog {
         if file.metadata().map_err(io)?.len() > good_len {
             file.set_len(good_len).map_err(io)?;
         }
+        // Where each (checked) record starts.
+        let mut offsets = Vec::with_capacity(seq as usize);
+        if good_len > 0 {
+            let mut r =
+                BufReader::new(std::io::Read::take(File::open(path).map_err(io)?, good_len));
+            let (mut at, mut line) = (0u64, Vec::new());
+            loop {
+                line.clear();
+                let n = r.read_until(b'\n', &mut line).map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                offsets.push(at);
+                at += n as u64;
+            }
+        }
+        if offsets.len() as u64 != seq {
+            return Err(AuditError::Broken {
+                path: path.to_owned(),
+                line: offsets.len() as u64,
+                why: format!("{} lines for {seq} records", offsets.len()),
+            });
+        }
         Ok((
             AuditLog {
                 path: path.to_owned(),
                 key,
-                tail: Mutex::new(Tail { file, seq, hash }),
+                tail: Mutex::new(Tail {
+                    file,
+                    seq,
+                    hash,
+                    offsets,
+                    len: good_len,
+                    by_tenant,
+                }),
                 tenant_keys: std::sync::RwLock::new(tenant_keys),
             },
             checkpoints,
@@ -224,6 +267,15 @@ impl AuditLog {
         t.file.sync_data().map_err(io)?;
         t.seq = rec.seq;
         t.hash = line_hash(line.as_bytes());
+        let at = t.len;
+        t.offsets.push(at);
+        t.len += line.len() as u64;
+        if let Some(tenant) = tenant {
+            t.by_tenant
+                .entry(tenant.to_owned())
+                .or_default()
+                .push(rec.seq);
+        }
         then(rec.seq);
         Ok(rec.seq)
     }
@@ -235,7 +287,8 @@ impl AuditLog {
         }
     }
 
-    /// Records after `after` of `tenant` (and about `vm`), opened, at most `limit`, from disk.
+    /// Records after `after` of `tenant` (and about `vm`), opened, at most `limit`, from disk:
+    /// the index names which records and where they are, the file holds them.
     pub fn read(
         &self,
         after: u64,
@@ -247,39 +300,66 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        let f = File::open(&self.path).map_err(io)?;
+        let mut f = BufReader::new(File::open(&self.path).map_err(io)?);
         let keys = self
             .tenant_keys
             .read()
             .map_err(|_| AuditError::Sign("tenant keys".into()))?;
         let key = keys.get(tenant);
         let mut out = Vec::new();
-        for line in BufReader::new(f).lines() {
-            let line = line.map_err(io)?;
-            let Some((json, _)) = line.rsplit_once('\t') else {
-                continue;
+        let mut cursor = after;
+        let mut line = String::new();
+        while out.len() < limit {
+            // The next few of this tenant's records, and where they start (the lock is held
+            // only to copy them).
+            let batch: Vec<(u64, u64)> = {
+                let t = match self.tail.lock() {
+                    Ok(t) => t,
+                    Err(p) => p.into_inner(),
+                };
+                let Some(seqs) = t.by_tenant.get(tenant) else {
+                    break;
+                };
+                let from = seqs.partition_point(|&s| s <= cursor);
+                seqs[from..]
+                    .iter()
+                    .take(256)
+                    .filter_map(|&s| Some((s, *t.offsets.get(s as usize - 1)?)))
+                    .collect()
             };
-            let Ok(rec) = serde_json::from_str::<Record>(json) else {
-                continue;
-            };
-            if rec.seq <= after || rec.tenant.as_deref() != Some(tenant) {
-                continue;
-            }
-            let Ok(Some(body)) = rec.open(key.map(|k| &**k)) else {
-                continue;
-            };
-            if vm.is_some() && body.vm.as_deref() != vm {
-                continue;
-            }
-            out.push(Opened {
-                seq: rec.seq,
-                time_ms: rec.time_ms,
-                kind: rec.kind,
-                tenant: rec.tenant,
-                body,
-            });
-            if out.len() >= limit {
+            let Some(&(last, _)) = batch.last() else {
                 break;
+            };
+            cursor = last;
+            for (seq, offset) in batch {
+                f.seek(SeekFrom::Start(offset)).map_err(io)?;
+                line.clear();
+                f.read_line(&mut line).map_err(io)?;
+                let Some((json, _)) = line.trim_end_matches('\n').rsplit_once('\t') else {
+                    continue;
+                };
+                let Ok(rec) = serde_json::from_str::<Record>(json) else {
+                    continue;
+                };
+                if rec.seq != seq || rec.tenant.as_deref() != Some(tenant) {
+                    continue;
+                }
+                let Ok(Some(body)) = rec.open(key.map(|k| &**k)) else {
+                    continue;
+                };
+                if vm.is_some() && body.vm.as_deref() != vm {
+                    continue;
+                }
+                out.push(Opened {
+                    seq: rec.seq,
+                    time_ms: rec.time_ms,
+                    kind: rec.kind,
+                    tenant: rec.tenant,
+                    body,
+                });
+                if out.len() >= limit {
+                    break;
+                }
             }
         }
         Ok(out)
@@ -377,6 +457,92 @@ mod tests {
         // Another manager's key verifies nothing.
         std::fs::write(&path, &good).unwrap();
         assert!(verify_file(&path, key().public_key()).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reads_through_the_index_match_a_full_scan_before_and_after_reopening() {
+        let dir = std::env::temp_dir().join(format!("weles-audit-index-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.log");
+        let k = key();
+        let mut keys = TenantKeys::new();
+        keys.insert("a".into(), zeroize::Zeroizing::new([1u8; 32]));
+        keys.insert("b".into(), zeroize::Zeroizing::new([2u8; 32]));
+        let (log, _) = AuditLog::open(&path, k.clone(), keys.clone()).unwrap();
+        // 700 records: tenant a's (two VMs, more than one index batch), b's, and the host's.
+        let mut expected: Vec<(u64, &str, &str)> = Vec::new();
+        for i in 0..700u64 {
+            let (tenant, vm) = match i % 5 {
+                0 => (None, None),
+                1 | 2 => (Some("a"), Some("web")),
+                3 => (Some("a"), Some("db")),
+                _ => (Some("b"), Some("web")),
+            };
+            let seq = log
+                .append("vm_notice", vm, tenant, serde_json::json!({ "i": i }), None)
+                .unwrap();
+            if let (Some(t), Some(v)) = (tenant, vm) {
+                expected.push((seq, t, v));
+            }
+        }
+        let want = |after: u64, t: &str, vm: Option<&str>, limit: usize| -> Vec<u64> {
+            expected
+                .iter()
+                .filter(|(s, et, ev)| *s > after && *et == t && vm.is_none_or(|v| v == *ev))
+                .map(|(s, _, _)| *s)
+                .take(limit)
+                .collect()
+        };
+        let got = |log: &AuditLog, after: u64, t: &str, vm: Option<&str>, limit: usize| {
+            log.read(after, t, vm, limit)
+                .unwrap()
+                .iter()
+                .map(|o| o.seq)
+                .collect::<Vec<_>>()
+        };
+        let cases = [
+            (0, "a", None, usize::MAX),
+            (0, "a", Some("db"), usize::MAX),
+            (333, "a", Some("web"), 7),
+            (0, "b", None, 1),
+            (699, "a", None, 10),
+            (10_000, "a", None, 10),
+            (0, "nobody", None, 10),
+        ];
+        for (after, t, vm, limit) in cases {
+            assert_eq!(
+                got(&log, after, t, vm, limit),
+                want(after, t, vm, limit),
+                "{after} {t} {vm:?}"
+            );
+        }
+        assert_eq!(got(&log, 0, "a", None, usize::MAX).len(), 420);
+        drop(log);
+        // Reopened: the index is rebuilt from the file, and appends extend it.
+        let (log, _) = AuditLog::open(&path, k.clone(), keys.clone()).unwrap();
+        for (after, t, vm, limit) in cases {
+            assert_eq!(
+                got(&log, after, t, vm, limit),
+                want(after, t, vm, limit),
+                "{after} {t} {vm:?}"
+            );
+        }
+        let seq = log
+            .append(
+                "vm_notice",
+                Some("db"),
+                Some("a"),
+                serde_json::json!({}),
+                None,
+            )
+            .unwrap();
+        assert_eq!(got(&log, 690, "a", Some("db"), 10), {
+            let mut w = want(690, "a", Some("db"), 10);
+            w.push(seq);
+            w
+        });
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
