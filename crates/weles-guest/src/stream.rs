@@ -65,8 +65,11 @@ struct Cursor {
     offset: u64,
 }
 
+/// One host key is made at a time (two setups in a row must not race for the same handle).
+static MAKING_KEY: Mutex<()> = Mutex::new(());
+
 fn pump(
-    writer: &Mutex<Channel>,
+    writer: &Arc<Mutex<Channel>>,
     rx: &mpsc::Receiver<io::Result<ManagerMessage>>,
     opts: &Options,
     gate: &Gate,
@@ -119,20 +122,29 @@ fn pump(
             },
             Ok(Ok(ManagerMessage::SigningSetup(setup))) => {
                 gate.set_setup(setup.clone());
-                let report = match crate::tpm::Tpm::open(&opts.tpm)
-                    .map_err(|e| format!("cannot open the TPM {}: {e}", opts.tpm.display()))
-                    .and_then(|mut tpm| crate::host_key::ensure(&mut tpm, &setup))
-                {
-                    Ok(handle) => HostKeyReport {
-                        handle: Some(handle),
-                        error: None,
-                    },
-                    Err(e) => HostKeyReport {
-                        handle: None,
-                        error: Some(e),
-                    },
-                };
-                send(&GuestMessage::HostKey(report))?;
+                // Making a key keeps the TPM busy for a while (long for a software TPM under
+                // emulation): the log streams on meanwhile, and the report follows when done.
+                let (writer, tpm) = (writer.clone(), opts.tpm.clone());
+                std::thread::spawn(move || {
+                    let _one = MAKING_KEY.lock().unwrap_or_else(|p| p.into_inner());
+                    let report = match crate::tpm::Tpm::open(&tpm)
+                        .map_err(|e| format!("cannot open the TPM {}: {e}", tpm.display()))
+                        .and_then(|mut t| crate::host_key::ensure(&mut t, &setup))
+                    {
+                        Ok(handle) => HostKeyReport {
+                            handle: Some(handle),
+                            error: None,
+                        },
+                        Err(e) => HostKeyReport {
+                            handle: None,
+                            error: Some(e),
+                        },
+                    };
+                    // A connection that ended meanwhile gets its setup again after the next hello.
+                    if let Ok(mut w) = writer.lock() {
+                        let _ = guest::write_guest(&mut *w, &GuestMessage::HostKey(report));
+                    }
+                });
             }
             Ok(Ok(ManagerMessage::HostKeyResult(r))) => {
                 if r.accepted {

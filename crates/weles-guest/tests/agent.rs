@@ -115,3 +115,57 @@ fn an_unreadable_log_is_reported_by_name() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn the_log_streams_on_while_the_tpm_makes_the_host_key() {
+    let d = dir("keying");
+    std::fs::write(d.join("log"), b"boot").unwrap();
+    // A TPM that takes its time: it accepts the connection and answers nothing for 3 s.
+    let tpm = UnixListener::bind(d.join("no-tpm")).unwrap();
+    let slow = std::thread::spawn(move || {
+        let (c, _) = tpm.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(c);
+    });
+    let (l, _agent) = start(&d, "log");
+    let (mut s, _) = l.accept().unwrap();
+    assert!(matches!(next(&mut s), GuestMessage::Hello(_)));
+    guest::write_manager(&mut s, &ManagerMessage::Want { offset: 0 }).unwrap();
+    assert_eq!(collect(&mut s, 0, 4), b"boot");
+    guest::write_manager(
+        &mut s,
+        &ManagerMessage::SigningSetup(guest::SigningSetup {
+            vm: "web-1".into(),
+            authority: "00".into(),
+            policy: "11".repeat(32),
+            handle: 0x8100_0100,
+        }),
+    )
+    .unwrap();
+    // The kernel appends while the key is being made: the bytes arrive long before the TPM
+    // answers.
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("log"))
+        .unwrap()
+        .write_all(b" more")
+        .unwrap();
+    assert_eq!(collect(&mut s, 4, 5), b" more");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Then the report: the TPM hung up, so no key, and why.
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    match guest::read_guest(&mut s).unwrap().expect("a report") {
+        GuestMessage::HostKey(r) => {
+            assert_eq!(r.handle, None);
+            assert!(r.error.is_some(), "{r:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    slow.join().unwrap();
+}
