@@ -94,7 +94,17 @@ fn host_tpm_with_banks(dir: &Path, banks: &str) -> HostTpm {
         .spawn()
         .expect("swtpm is installed");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    // Up when its control channel answers CMD_GET_CAPABILITY (bound after the data socket): a
+    // bare connect has been seen to succeed before a server had bound anything.
+    let answers = || {
+        TcpStream::connect(("127.0.0.1", port + 1)).is_ok_and(|mut s| {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut caps = [0u8; 8];
+            s.write_all(&1u32.to_be_bytes()).is_ok() && s.read_exact(&mut caps).is_ok()
+        })
+    };
+    while !answers() {
         assert!(Instant::now() < deadline, "swtpm did not start");
         std::thread::sleep(Duration::from_millis(20));
     }

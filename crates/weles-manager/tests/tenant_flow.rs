@@ -1110,7 +1110,15 @@ fn start_sshd_with(env: &Env, name: &str, host_lines: &str) -> Sshd {
         .spawn()
         .expect("sshd (openssh-server) is installed");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    // Up when it greets: a bare connect has been seen to succeed before a server had bound.
+    let greets = || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut hello = [0u8; 4];
+            std::io::Read::read_exact(&mut s, &mut hello).is_ok() && &hello == b"SSH-"
+        })
+    };
+    while !greets() {
         assert!(Instant::now() < deadline, "sshd did not start");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -132,7 +132,7 @@ pub fn run(engine: Arc<Engine>, opts: Options) -> anyhow::Result<()> {
         let listener = Listener::bind(ep).map_err(|e| anyhow::anyhow!("--server {ep:?}: {e}"))?;
         let engine = engine.clone();
         threads.push(std::thread::spawn(move || {
-            while let Ok(stream) = listener.accept() {
+            while let Some(stream) = next_connection(&listener, "data") {
                 serve_data(&engine, stream);
             }
         }));
@@ -141,7 +141,7 @@ pub fn run(engine: Arc<Engine>, opts: Options) -> anyhow::Result<()> {
         let listener = Listener::bind(ep).map_err(|e| anyhow::anyhow!("--events {ep:?}: {e}"))?;
         let engine = engine.clone();
         threads.push(std::thread::spawn(move || {
-            while let Ok(stream) = listener.accept() {
+            while let Some(stream) = next_connection(&listener, "events") {
                 let engine = engine.clone();
                 std::thread::spawn(move || serve_events(&engine, stream));
             }
@@ -151,7 +151,7 @@ pub fn run(engine: Arc<Engine>, opts: Options) -> anyhow::Result<()> {
         let listener = Listener::bind(ep).map_err(|e| anyhow::anyhow!("--ctrl {ep:?}: {e}"))?;
         let (engine, stop) = (engine.clone(), stop.clone());
         threads.push(std::thread::spawn(move || {
-            while let Ok(stream) = listener.accept() {
+            while let Some(stream) = next_connection(&listener, "control") {
                 serve_ctrl(&engine, stream, &stop);
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -168,6 +168,56 @@ pub fn run(engine: Arc<Engine>, opts: Options) -> anyhow::Result<()> {
     }
     engine.stop();
     Ok(())
+}
+
+/// The next connection on `listener`. A failed accept — a client gone before it was accepted,
+/// an interrupted call, a moment without free descriptors — costs that one connection, never
+/// the listener: ending the loop would close the socket and refuse every later client (QEMU's
+/// reconnect, tpm2-tools, the manager) for the VM's life. `None` only when the listener itself
+/// is unusable.
+fn next_connection(listener: &Listener, what: &str) -> Option<Stream> {
+    use std::io::ErrorKind;
+    let mut failures = 0u32;
+    loop {
+        match listener.accept() {
+            Ok(stream) => return Some(stream),
+            Err(e) => {
+                let transient = matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionAborted
+                        | ErrorKind::ConnectionReset
+                        | ErrorKind::Interrupted
+                        | ErrorKind::WouldBlock
+                        | ErrorKind::TimedOut
+                ) || matches!(
+                    e.raw_os_error(),
+                    Some(
+                        libc_errno::EMFILE
+                            | libc_errno::ENFILE
+                            | libc_errno::ENOBUFS
+                            | libc_errno::ENOMEM
+                            | libc_errno::EPROTO
+                    )
+                );
+                log::line(&format!("{what} channel: accept failed: {e}"));
+                failures += 1;
+                if !transient || failures > 1000 {
+                    return None;
+                }
+                // Out of descriptors or memory: give the process a moment to free some.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// The errno values of resource exhaustion, which accept(2) reports and which pass.
+mod libc_errno {
+    pub const ENOMEM: i32 = 12;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const EPROTO: i32 = 71;
+    pub const ENOBUFS: i32 = 105;
 }
 
 fn start_tpm(engine: &Engine, startup: Option<bool>) -> anyhow::Result<()> {

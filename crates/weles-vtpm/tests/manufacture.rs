@@ -149,7 +149,8 @@ fn manufactured_eks_and_certificates_check_out_with_openssl_and_tpm2_tools() {
             .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !listening(ev) {
+    // The control channel is bound last: once it answers, so do the others.
+    while !listening(ctrl) {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -31,12 +31,20 @@ pub fn free_ports() -> (u16, u16) {
     }
 }
 
-/// Whether something listens on `port`. A connect to a free loopback port can connect the socket
-/// to itself (TCP simultaneous open) when the kernel picks that same port as its source; that is
-/// not a listener, and holding it would even keep the vTPM from binding.
+/// Whether a TPM serves its control channel on `port`: it answers CMD_GET_CAPABILITY. A mere
+/// connect is not proof — it was seen to succeed, rarely, before the TPM had bound anything
+/// (and a connect to a free loopback port can even reach itself, by TCP simultaneous open) —
+/// and then the test's first command met a closed port.
 pub fn listening(port: u16) -> bool {
-    TcpStream::connect(("127.0.0.1", port))
-        .is_ok_and(|s| s.local_addr().map(|a| a.port()).ok() != Some(port))
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    if s.local_addr().map(|a| a.port()).ok() == Some(port) {
+        return false;
+    }
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut caps = [0u8; 8];
+    s.write_all(&1u32.to_be_bytes()).is_ok() && s.read_exact(&mut caps).is_ok()
 }
 
 /// A weles-vtpm on loopback TCP ports, started as swtpm would be, driven by tpm2-tools.
