@@ -288,6 +288,39 @@ fn host_keys(m: &Manager) -> HostKeys {
     serde_json::from_slice(&r.body).unwrap()
 }
 
+/// `weles policy generate --from-log LOG -o OUT` in the manager's directory: a host policy
+/// from a known-good host log.
+fn generate_host_policy(m: &Manager, log: &Path, out: &str) {
+    let (ok, _, err) = weles(
+        m,
+        &[
+            "policy",
+            "generate",
+            "--from-log",
+            log.to_str().unwrap(),
+            "-o",
+            out,
+        ],
+    );
+    assert!(ok, "{err}");
+}
+
+/// The trust the CLI would build from `--host-ca CA --host-policy POLICY`, for the library,
+/// with a clock `ahead` seconds from now.
+fn host_trust_for(m: &Manager, ca: &Path, policy: &str, ahead: u64) -> HostTrust {
+    let text = std::fs::read(m.dir.join(policy)).unwrap();
+    HostTrust {
+        ek_cas: vec![der_of(ca)],
+        ek_intermediates: Vec::new(),
+        policy: weles_policy::Policy::load(&text, policy).unwrap(),
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + ahead,
+    }
+}
+
 fn der_of(pem: &Path) -> Vec<u8> {
     use base64ct::Encoding;
     let text = std::fs::read_to_string(pem).unwrap();
@@ -309,18 +342,7 @@ fn the_tenant_verifies_the_host_tpm_itself_and_refuses_every_lie() {
 
     // The host policy: generated from a known-good host log; PCR 0 must be what this host's
     // firmware (none: swtpm) leaves there.
-    let (ok, _, err) = weles(
-        &m,
-        &[
-            "policy",
-            "generate",
-            "--from-log",
-            log.to_str().unwrap(),
-            "-o",
-            "host.toml",
-        ],
-    );
-    assert!(ok, "{err}");
+    generate_host_policy(&m, &log, "host.toml");
     let good = std::fs::read_to_string(dir.join("host.toml")).unwrap();
     let zero = "0".repeat(64);
     std::fs::write(
@@ -423,19 +445,10 @@ fn the_tenant_verifies_the_host_tpm_itself_and_refuses_every_lie() {
     assert!(err.contains("does not chain"), "{err}");
 
     // The library the CLI uses, against evidence a lying manager might send.
-    let policy = weles_policy::Policy::load(good.as_bytes(), "host.toml").unwrap();
-    let trust_cfg = HostTrust {
-        ek_cas: vec![der_of(&ca)],
-        ek_intermediates: Vec::new(),
-        policy,
-        // An injected clock: ten minutes from now, so that the second host TPM's EK
-        // certificate, made later in this test, is already valid.
-        now: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 600,
-    };
+    // An injected clock: ten minutes from now, so that the second host TPM's EK certificate,
+    // made later in this test, is already valid.
+    std::fs::write(dir.join("good.toml"), &good).unwrap();
+    let trust_cfg = host_trust_for(&m, &ca, "good.toml", 600);
     let keys = host_keys(&m);
     let nonce = "11".repeat(32);
     let (cred, secret) = host_verify::make_challenge(&keys).unwrap();
@@ -747,18 +760,7 @@ fn a_uefi_event_log_replays_to_the_host_quote_in_both_banks_and_meets_reference_
     let ca = tpm.ca.join("swtpm-localca-rootca-cert.pem");
 
     // The host policy: IMA entries from a known-good log, PCRs 0–7 from a known-good boot.
-    let (ok, _, err) = weles(
-        &m,
-        &[
-            "policy",
-            "generate",
-            "--from-log",
-            log.to_str().unwrap(),
-            "-o",
-            "ima.toml",
-        ],
-    );
-    assert!(ok, "{err}");
+    generate_host_policy(&m, &log, "ima.toml");
     let (ok, reference, err) = weles(
         &m,
         &[
@@ -828,22 +830,7 @@ fn a_uefi_event_log_replays_to_the_host_quote_in_both_banks_and_meets_reference_
     );
 
     // The library, against a manager that lies about the sha1 bank.
-    let policy = weles_policy::Policy::load(
-        std::fs::read_to_string(dir.join("host.toml"))
-            .unwrap()
-            .as_bytes(),
-        "host.toml",
-    )
-    .unwrap();
-    let trust_cfg = HostTrust {
-        ek_cas: vec![der_of(&ca)],
-        ek_intermediates: Vec::new(),
-        policy,
-        now: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    };
+    let trust_cfg = host_trust_for(&m, &ca, "host.toml", 0);
     let keys = host_keys(&m);
     let nonce = "44".repeat(32);
     let (cred, secret) = host_verify::make_challenge(&keys).unwrap();
@@ -981,18 +968,7 @@ fn a_host_with_an_ecc_ek_is_attested_through_ecdh_credential_activation() {
         "ek_handle = 0x81010002\nek_certificate_index = 0x01c0000a\n",
     );
     let ca = tpm.ca.join("issuercert.pem");
-    let (ok, _, err) = weles(
-        &m,
-        &[
-            "policy",
-            "generate",
-            "--from-log",
-            log.to_str().unwrap(),
-            "-o",
-            "host.toml",
-        ],
-    );
-    assert!(ok, "{err}");
+    generate_host_policy(&m, &log, "host.toml");
 
     // The CLI: the credential is sealed to the ECC EK by ECDH; only this TPM could open it.
     let (ok, out, err) = trust(&m, &ca, "host.toml");
@@ -1000,18 +976,7 @@ fn a_host_with_an_ecc_ek_is_attested_through_ecdh_credential_activation() {
     assert!(out.contains("EK ECC P-256 (template L-2)"), "{out}");
 
     // The library, against a manager that lies.
-    let policy =
-        weles_policy::Policy::load(&std::fs::read(dir.join("host.toml")).unwrap(), "host.toml")
-            .unwrap();
-    let trust_cfg = HostTrust {
-        ek_cas: vec![der_of(&ca)],
-        ek_intermediates: Vec::new(),
-        policy,
-        now: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    };
+    let trust_cfg = host_trust_for(&m, &ca, "host.toml", 0);
     let keys = host_keys(&m);
     let nonce = "55".repeat(32);
     let (cred, secret) = host_verify::make_challenge(&keys).unwrap();

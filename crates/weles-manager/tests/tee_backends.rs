@@ -305,6 +305,19 @@ fn a_tsm_manager_whose_host_supplies_the_vcek_needs_no_vcek_from_the_tenant() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The library's TEE trust with Intel's collateral from `file`, at a time inside its life
+/// (June 2025).
+fn dcap_trust(file: &str) -> weles_client::TeeTrust {
+    weles_client::TeeTrust {
+        now: 1_750_809_600,
+        dcap_collateral: Some(
+            weles_client::dcap::Collateral::from_json(&std::fs::read_to_string(file).unwrap())
+                .unwrap(),
+        ),
+        ..Default::default()
+    }
+}
+
 #[test]
 fn a_tenant_checks_an_sgx_managers_dcap_quote_itself() {
     let dir = temp("welesd-sgx");
@@ -345,17 +358,8 @@ fn a_tenant_checks_an_sgx_managers_dcap_quote_itself() {
     let nonce = "22".repeat(32);
     let (ev, seen) = m.evidence(&nonce);
     assert_eq!(ev.tee, "sgx");
-    let mut tee = weles_client::TeeTrust {
-        now: 1_750_809_600,
-        dcap_collateral: Some(
-            weles_client::dcap::Collateral::from_json(
-                &std::fs::read_to_string(&collateral).unwrap(),
-            )
-            .unwrap(),
-        ),
-        sgx_mrenclaves: vec![[0u8; 32]],
-        ..Default::default()
-    };
+    let mut tee = dcap_trust(&collateral);
+    tee.sgx_mrenclaves = vec![[0u8; 32]];
     // Intel rates this platform ConfigurationAndSWHardeningNeeded: refused unless accepted.
     let e = weles_client::verify_evidence(&ev, &nonce, &seen, &tee)
         .unwrap_err()
@@ -408,16 +412,7 @@ fn a_tenant_checks_a_tdx_managers_quote_itself() {
 
     let nonce = "33".repeat(32);
     let (ev, seen) = m.evidence(&nonce);
-    let mut tee = weles_client::TeeTrust {
-        now: 1_750_809_600,
-        dcap_collateral: Some(
-            weles_client::dcap::Collateral::from_json(
-                &std::fs::read_to_string(&collateral).unwrap(),
-            )
-            .unwrap(),
-        ),
-        ..Default::default()
-    };
+    let mut tee = dcap_trust(&collateral);
     let e = weles_client::verify_evidence(&ev, &nonce, &seen, &tee)
         .unwrap_err()
         .to_string();

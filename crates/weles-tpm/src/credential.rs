@@ -93,11 +93,27 @@ fn expect(b: &[u8], at: &mut usize, what: &str, want: u16) -> Result<(), Credent
     Ok(())
 }
 
-/// The TPMS_SYMCIPHER_PARMS both EK templates use: AES-128 in CFB mode.
-fn expect_aes128_cfb(b: &[u8], at: &mut usize) -> Result<(), CredentialError> {
+/// What templates L-1 and L-2 share, up to the key's own parameters: the type, a SHA-256 name,
+/// the attributes, the authPolicy (at most 64 bytes), AES-128-CFB, no scheme. Returns
+/// (attributes, authPolicy).
+fn ek_header(b: &[u8], at: &mut usize, kind: u16) -> Result<(u32, Vec<u8>), CredentialError> {
+    expect(b, at, "type", kind)?;
+    expect(b, at, "nameAlg", ALG_SHA256)?;
+    let a = take(b, at, 4)?;
+    let attributes = u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
+    let n = u16_at(b, at)? as usize;
+    if n > 64 {
+        return Err(CredentialError::Invalid {
+            at: *at - 2,
+            what: format!("authPolicy is {n} bytes"),
+        });
+    }
+    let auth_policy = take(b, at, n)?.to_vec();
     expect(b, at, "symmetric algorithm", ALG_AES)?;
     expect(b, at, "symmetric key bits", 128)?;
-    expect(b, at, "symmetric mode", ALG_CFB)
+    expect(b, at, "symmetric mode", ALG_CFB)?;
+    expect(b, at, "scheme", ALG_NULL)?;
+    Ok((attributes, auth_policy))
 }
 
 /// A TPM2B coordinate of at most 32 bytes, left-padded to 32.
@@ -121,20 +137,7 @@ impl EccEkPublic {
     pub fn parse(bytes: &[u8]) -> Result<EccEkPublic, CredentialError> {
         let b = bytes;
         let mut at = 0;
-        expect(b, &mut at, "type", ALG_ECC)?;
-        expect(b, &mut at, "nameAlg", ALG_SHA256)?;
-        let a = take(b, &mut at, 4)?;
-        let attributes = u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
-        let n = u16_at(b, &mut at)? as usize;
-        if n > 64 {
-            return Err(CredentialError::Invalid {
-                at: at - 2,
-                what: format!("authPolicy is {n} bytes"),
-            });
-        }
-        let auth_policy = take(b, &mut at, n)?.to_vec();
-        expect_aes128_cfb(b, &mut at)?;
-        expect(b, &mut at, "scheme", ALG_NULL)?;
+        let (attributes, auth_policy) = ek_header(b, &mut at, ALG_ECC)?;
         expect(b, &mut at, "curveID", ECC_NIST_P256)?;
         expect(b, &mut at, "kdf", ALG_NULL)?;
         let x = coordinate(b, &mut at, "x")?;
@@ -222,20 +225,7 @@ impl RsaEkPublic {
     pub fn parse(bytes: &[u8]) -> Result<RsaEkPublic, CredentialError> {
         let b = bytes;
         let mut at = 0;
-        expect(b, &mut at, "type", ALG_RSA)?;
-        expect(b, &mut at, "nameAlg", ALG_SHA256)?;
-        let a = take(b, &mut at, 4)?;
-        let attributes = u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
-        let n = u16_at(b, &mut at)? as usize;
-        if n > 64 {
-            return Err(CredentialError::Invalid {
-                at: at - 2,
-                what: format!("authPolicy is {n} bytes"),
-            });
-        }
-        let auth_policy = take(b, &mut at, n)?.to_vec();
-        expect_aes128_cfb(b, &mut at)?;
-        expect(b, &mut at, "scheme", ALG_NULL)?;
+        let (attributes, auth_policy) = ek_header(b, &mut at, ALG_RSA)?;
         let key_bits = u16_at(b, &mut at)?;
         if key_bits != 2048 {
             return Err(CredentialError::Invalid {
