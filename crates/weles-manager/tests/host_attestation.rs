@@ -593,6 +593,18 @@ fn health(m: &Manager) -> weles_proto::operator::Health {
     }
 }
 
+/// Creates a VM of tenant acme through the operator socket.
+fn create_vm(m: &Manager, name: &str) {
+    let created = call(
+        &m.dir.join("run/operator.sock"),
+        &OperatorRequest::CreateVm {
+            tenant: "acme".into(),
+            name: name.into(),
+        },
+    );
+    assert!(matches!(created, Ok(OperatorReply::Vm(_))), "{created:?}");
+}
+
 fn vm_status(m: &Manager, vm: &str) -> weles_proto::operator::VmInfo {
     match call(
         &m.dir.join("run/operator.sock"),
@@ -647,16 +659,7 @@ fn welesd_watches_its_host_and_a_host_violation_violates_every_vm() {
     );
     let h = wait_host(&m, "watched");
     assert!(h.contains("complies"), "{h}");
-    assert!(matches!(
-        call(
-            &dir.join("run/operator.sock"),
-            &OperatorRequest::CreateVm {
-                tenant: "acme".into(),
-                name: "web-1".into()
-            }
-        ),
-        Ok(OperatorReply::Vm(_))
-    ));
+    create_vm(&m, "web-1");
     assert_ne!(vm_status(&m, "web-1").state, "violated");
 
     // The host runs something its policy does not list (entry 7: /etc/weles.conf read by root).
@@ -673,16 +676,7 @@ fn welesd_watches_its_host_and_a_host_violation_violates_every_vm() {
     let audit = std::fs::read_to_string(dir.join("state/audit.log")).unwrap();
     assert!(audit.contains("host_violation"), "{audit}");
     // A VM created afterwards starts violated too.
-    assert!(matches!(
-        call(
-            &dir.join("run/operator.sock"),
-            &OperatorRequest::CreateVm {
-                tenant: "acme".into(),
-                name: "web-2".into()
-            }
-        ),
-        Ok(OperatorReply::Vm(_))
-    ));
+    create_vm(&m, "web-2");
     assert_eq!(vm_status(&m, "web-2").state, "violated");
     drop(m);
 
